@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The project's test command: every notebook through nbdev_test (slow cells included), then pytest on
+# tests/. Prints one closing line "N passed, M failed" and exits non-zero if anything failed.
+# Options (environment): LLMBIND_TEST_FLAGS (default "slow"; "" skips slow cells), LLMBIND_TEST_JOBS
+# (parallel notebooks, default 2), LLMBIND_NB_TIMEOUT (seconds per notebook, default 900).
+set -u
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DS_ACCELERATOR=cpu
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+export MPLBACKEND=Agg PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
+flags=${LLMBIND_TEST_FLAGS-slow}
+jobs=${LLMBIND_TEST_JOBS:-2}
+nb_timeout=${LLMBIND_NB_TIMEOUT:-900}
+logdir=$(mktemp -d)
+
+run_nb() {  # one notebook -> a result line in $logdir
+  nb=$1; name=$(basename "$nb" .ipynb); start=$(date +%s)
+  if timeout "$nb_timeout" nbdev_test --path "$nb" ${flags:+--flags "$flags"} > "$logdir/$name.log" 2>&1 \
+     && grep -q "Success" "$logdir/$name.log"; then st=PASS; else st=FAIL; fi
+  echo "$st $name $(( $(date +%s) - start ))s" | tee "$logdir/$name.result"
+}
+export -f run_nb; export logdir flags nb_timeout
+
+echo "== notebooks (flags: ${flags:-none}, $jobs at a time) =="
+ls nbs/*.ipynb | sort | xargs -P "$jobs" -I{} bash -c 'run_nb {}'
+nb_pass=$(cat "$logdir"/*.result | grep -c '^PASS' || true)
+nb_fail=$(cat "$logdir"/*.result | grep -c '^FAIL' || true)
+for f in $(grep -l '^FAIL' "$logdir"/*.result 2>/dev/null); do
+  n=$(basename "$f" .result); echo "---- $n failed; last lines of its log:"; tail -40 "$logdir/$n.log"
+done
+
+echo "== pytest tests/ =="
+py_pass=0; py_fail=0
+if ls tests/test_*.py >/dev/null 2>&1; then
+  python -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$logdir/pytest.log"
+  summary=$(tail -n 3 "$logdir/pytest.log")
+  py_pass=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | tail -1); py_pass=${py_pass:-0}
+  py_fail=0; for n in $(echo "$summary" | grep -oE '[0-9]+ (failed|error|errors)' | grep -oE '^[0-9]+'); do py_fail=$((py_fail + n)); done
+  if [ "$py_pass" = 0 ] && [ "$py_fail" = 0 ] && ! grep -q "no tests ran" "$logdir/pytest.log"; then py_fail=1; fi
+else
+  echo "(no test files)"
+fi
+
+passed=$((nb_pass + py_pass)); failed=$((nb_fail + py_fail))
+echo "notebooks: $nb_pass passed, $nb_fail failed; pytest: $py_pass passed, $py_fail failed"
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
