@@ -6,6 +6,8 @@
 set -u
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DS_ACCELERATOR=cpu
+# DeepSpeed's shared-memory CPU all-reduce op: use it only if already compiled (compiling costs minutes)
+export LLMBIND_DS_SHM=${LLMBIND_DS_SHM:-cached}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 export MPLBACKEND=Agg PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
 flags=${LLMBIND_TEST_FLAGS-slow}
@@ -32,7 +34,7 @@ done
 echo "== pytest tests/ =="
 py_pass=0; py_fail=0
 if ls tests/test_*.py >/dev/null 2>&1; then
-  python -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$logdir/pytest.log"
+  python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile tests 2>&1 | tee "$logdir/pytest.log"
   summary=$(tail -n 3 "$logdir/pytest.log")
   py_pass=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | tail -1); py_pass=${py_pass:-0}
   py_fail=0; for n in $(echo "$summary" | grep -oE '[0-9]+ (failed|error|errors)' | grep -oE '^[0-9]+'); do py_fail=$((py_fail + n)); done

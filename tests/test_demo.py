@@ -1,0 +1,28 @@
+"""Smoke test of `llmbind demo`: a tiny world, a few steps of both stages (stage B on 2 DeepSpeed CPU ranks), a short evaluation, the report."""
+import json
+import pytest
+from llmbind.cli import UserError, main as cli_main
+from llmbind.demo import demo_command
+
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = cli_main(["demo", "--out", str(out), "--quick", "--steps-a", "3", "--steps-b", "3"])
+    assert rc == 0
+    r = json.loads((out / "report.json").read_text())
+    for k in ("dispatch_accuracy", "prompt_exact_match", "referring_ciou", "seg_false_positive_vqa"):
+        assert k in r["metrics"]
+    assert r["stage_a"]["steps"] == 3 and r["stage_b"]["step"] == 3 and r["stage_b"]["world_size"] == 2
+    for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json"):
+        assert (out / f).is_file(), f
+    recs = [json.loads(l) for l in (out / "stage_b" / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in recs if x["kind"] == "train"]
+    assert train and any(k.startswith("routing/L0.") for k in train[-1]) and any(k.startswith("loss/ar/") for k in train[-1])
+    assert "dispatch" in capsys.readouterr().out
+    # an existing run folder is refused without --overwrite
+    assert cli_main(["demo", "--out", str(out), "--quick"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+def test_demo_bad_arguments(tmp_path):
+    with pytest.raises(UserError, match="--steps-a"): demo_command(["--out", str(tmp_path / "x"), "--steps-a", "0"])
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file"): demo_command(["--out", str(tmp_path / "f")])
