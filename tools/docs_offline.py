@@ -40,6 +40,9 @@ def render(nb_json: dict) -> tuple[str, str]:
     nb = nbformat.reads(json.dumps(nb_json), as_version=4)
     body, _ = HTMLExporter(template_name="lab").from_notebook_node(nb)
     title = next((l[2:].strip() for c in nb.cells if c.cell_type == "markdown" for l in c.source.splitlines() if l.startswith("# ")), "")
+    if not title:  # nbdev_proc_nbs moves the title into a raw front-matter cell
+        title = next((l.split(":", 1)[1].strip() for c in nb.cells if c.cell_type == "raw"
+                      for l in c.source.splitlines() if l.startswith("title:")), "")
     return body, title
 
 def main(argv=None):
@@ -55,8 +58,9 @@ def main(argv=None):
     rendered = []
     for section, name in pages:
         src = proc / name
-        if not src.exists(): src = nbs / name
-        if not src.exists(): print(f"warning: {name} is in sidebar.yml but does not exist", file=sys.stderr); continue
+        if not (nbs / name).exists(): sys.exit(f"{name} is listed in nbs/sidebar.yml but does not exist")
+        if not src.exists():
+            sys.exit(f"nbdev_proc_nbs did not process {name} (a docs cell failed):\n{r.stdout[-1500:]}\n{r.stderr[-3000:]}")
         body, title = render(clean_nb(src))
         rendered.append((section, name, title or name, body))
     nav = ['<nav style="position:fixed;top:0;left:0;width:230px;height:100%;overflow:auto;padding:12px;'
