@@ -18,10 +18,10 @@ __all__ = ['SAMPLE_TASKS', 'EMBED_TASKS', 'CLIP_MEAN', 'CLIP_STD', 'SAM_PIXEL_ME
            'SEMANTIC_QUESTIONS', 'LONG_QUESTIONS', 'SEG_ANSWERS', 'DataFormatError', 'Sample', 'load_image',
            'ConversationTooLong', 'tokenize_conversation', 'show_supervision', 'clip_image_transform', 'sam_preprocess',
            'LLMBindCollator', 'polygons_to_mask', 'rle_decode', 'rle_encode', 'check_segmentation',
-           'segmentation_to_mask', 'seg_conversation', 'ReadReport', 'Samples', 'canonical_calls', 'infer_task',
-           'read_llava_instruct', 'read_interactive', 'read_conversations', 'sample_to_record', 'write_conversations',
-           'load_refs_pickle', 'read_refer', 'read_class_names', 'read_semantic', 'part_name', 'read_coco_parts',
-           'read_reasonseg']
+           'segmentation_to_mask', 'check_templates', 'seg_conversation', 'ReadReport', 'Samples', 'canonical_calls',
+           'infer_task', 'read_llava_instruct', 'read_interactive', 'read_conversations', 'sample_to_record',
+           'write_conversations', 'load_refs_pickle', 'read_refer', 'read_class_names', 'read_semantic', 'part_name',
+           'read_coco_parts', 'read_reasonseg']
 
 # %% ../nbs/08_data.ipynb #e534d2b2
 SAMPLE_TASKS = ("vqa", "chat", "semantic", "referring", "reasoning", "image_gen", "image_edit", "audio", "video",
@@ -424,15 +424,42 @@ SEG_ANSWERS = [
     "<seg>.",
 ]
 
+def check_templates(templates,                   # a bank of templates: a list (or tuple) of strings
+                    field: Optional[str] = None,  # every template must fill this placeholder ('name', 'sent'), and no other
+                    token: Optional[str] = None,  # every template must hold this token exactly once ('<seg>')
+                    what: str = "questions",      # the argument's name, for the message
+                   ) -> list[str]:
+    "The bank as a list; a `ValueError` that says what is wrong when it is not a usable template bank."
+    hint = (f" holding {{{field}}}" if field else "") + (f" with one {token}" if token else "")
+    if isinstance(templates, (str, bytes)) or not isinstance(templates, Sequence):
+        raise ValueError(f"{what} must be a list of template strings{hint}, got {type(templates).__name__} {templates!r:.60}")
+    if not templates: raise ValueError(f"{what} is empty: give at least one template string{hint}")
+    out = list(templates)
+    for j, t in enumerate(out):
+        if not isinstance(t, str): raise ValueError(f"{what}[{j}] is not a string (got {type(t).__name__} {t!r:.40})")
+        if field is not None:
+            try: filled = t.format(**{field: "\0"})
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(f"{what}[{j}] {t!r} has a placeholder other than {{{field}}} ({type(e).__name__}: {e}); "
+                                 f"write literal braces as {{{{ and }}}}") from None
+            if "\0" not in filled:
+                raise ValueError(f"{what}[{j}] {t!r} has no {{{field}}}: every template must say where the "
+                                 f"{'sentence' if field == 'sent' else 'class name or phrase'} goes")
+        if token is not None and t.count(token) != 1:
+            raise ValueError(f"{what}[{j}] {t!r} holds {t.count(token)} {token}; every answer needs exactly one")
+    return out
+
 def seg_conversation(questions: Sequence[str],   # filled-in questions, one per round
                      rng: random.Random,          # picks the answer templates
                      image: bool = True,          # put <image> in front of the first question
+                     answers: Sequence[str] = SEG_ANSWERS,  # answer templates, each with one <seg>
                     ) -> list[dict]:
     "Rounds of question -> `<seg>` answer as messages; `<image>` opens the first user turn."
+    answers = check_templates(answers, token="<seg>", what="answers")
     msgs = []
     for i, q in enumerate(questions):
         msgs.append({"role": "user", "content": (IMAGE_TOKEN + "\n" if image and i == 0 else "") + q})
-        msgs.append({"role": "assistant", "content": rng.choice(SEG_ANSWERS)})
+        msgs.append({"role": "assistant", "content": rng.choice(answers)})
     return msgs
 
 # %% ../nbs/08_data.ipynb #02a63419
@@ -731,9 +758,12 @@ def read_refer(refs,                               # refs JSON (list of referenc
                seed: int = 0,                      # picks the question and answer templates
                skip_bad: bool = False,
                lazy: bool = False,
+               questions: Sequence[str] = SHORT_QUESTIONS,  # question templates with {name} (the sentence); one drawn per round
+               answers: Sequence[str] = SEG_ANSWERS,        # answer templates, each with one <seg>
               ) -> Samples:
     "refCOCO-style referring expressions -> 'referring' samples (one `<seg>` round per sentence)."
     if rounds_per_sample < 1: raise ValueError("rounds_per_sample must be at least 1")
+    questions, answers = check_templates(questions, "name"), check_templates(answers, token="<seg>", what="answers")
     refs_path, image_dir = Path(refs), Path(image_dir)
     data = load_refs_pickle(refs_path) if refs_path.suffix == ".p" else _load_json(refs_path)
     if not isinstance(data, list): raise DataFormatError(f"{refs_path}: the refs file must hold a list of references")
@@ -776,7 +806,7 @@ def read_refer(refs,                               # refs JSON (list of referenc
             chunk = items[c:c + rounds_per_sample]
             sid = f"{image_id}_{c // rounds_per_sample}"
             rng = random.Random(f"{seed}:refer:{sid}")
-            msgs = seg_conversation([rng.choice(SHORT_QUESTIONS).format(name=s) for s, _, _ in chunk], rng)
+            msgs = seg_conversation([rng.choice(questions).format(name=s) for s, _, _ in chunk], rng, answers=answers)
             meta = {}
             fns = [f for _, f, _ in chunk]
             masks = _mask_stack(lambda k: fns[k](), len(fns), lazy, meta)
@@ -837,8 +867,11 @@ def read_semantic(root,                                  # dataset folder
                   task: str = "semantic",
                   skip_bad: bool = False,
                   lazy: bool = False,
+                  questions: Sequence[str] = SEMANTIC_QUESTIONS,  # question templates with {name} (the class); one drawn per round
+                  answers: Sequence[str] = SEG_ANSWERS,           # answer templates, each with one <seg>
                  ) -> Samples:
     "Image + label-map datasets (ADE20K / COCO-Stuff style) -> 'segment every X' samples with `<seg>` answers."
+    questions, answers = check_templates(questions, "name"), check_templates(answers, token="<seg>", what="answers")
     root = Path(root)
     if classes is None:
         classes = next((root / n for n in ("classes.txt", "classes.json") if (root / n).is_file()), root / "classes.txt")
@@ -861,7 +894,7 @@ def read_semantic(root,                                  # dataset folder
         rng = random.Random(f"{seed}:semantic:{stem}")
         out = []
         for k, chunk in enumerate(_class_chunks(present, classes_per_sample, cover_all, rng)):
-            qs = [rng.choice(SEMANTIC_QUESTIONS).format(name=names[c]) for c in chunk]
+            qs = [rng.choice(questions).format(name=names[c]) for c in chunk]
             meta = {"classes": [names[c] for c in chunk]}
             if lazy:
                 def masks(path=labels[stem], chunk=tuple(chunk)):
@@ -870,7 +903,7 @@ def read_semantic(root,                                  # dataset folder
                     return np.stack([l == c for c in chunk])
                 meta["n_masks"] = len(chunk)
             else: masks = np.stack([lab == c for c in chunk])
-            out.append(Sample(stem if not cover_all else f"{stem}_{k}", task, seg_conversation(qs, rng),
+            out.append(Sample(stem if not cover_all else f"{stem}_{k}", task, seg_conversation(qs, rng, answers=answers),
                               image=str(images[stem]), masks=masks, source=where, meta=meta))
         return out
     for stem in sorted(set(images) | set(labels)):
@@ -896,8 +929,11 @@ def read_coco_parts(instances,                    # COCO instances JSON (polygon
                     task: str = "semantic",
                     skip_bad: bool = False,
                     lazy: bool = False,
+                    questions: Sequence[str] = SEMANTIC_QUESTIONS,  # question templates with {name} (the part); one drawn per round
+                    answers: Sequence[str] = SEG_ANSWERS,           # answer templates, each with one <seg>
                    ) -> Samples:
     "COCO-style part annotations -> 'segment the {part} of the {object}' samples with `<seg>` answers."
+    questions, answers = check_templates(questions, "name"), check_templates(answers, token="<seg>", what="answers")
     path, image_dir = Path(instances), Path(image_dir)
     images, anns, cats = _coco_index(path)
     rd = _Reading(path, skip_bad)
@@ -919,11 +955,11 @@ def read_coco_parts(instances,                    # COCO instances JSON (polygon
         rng = random.Random(f"{seed}:parts:{im['id']}")
         out = []
         for k, chunk in enumerate(_class_chunks(sorted(groups), classes_per_sample, cover_all, rng)):
-            qs = [rng.choice(SEMANTIC_QUESTIONS).format(name=part_name(cats[c])) for c in chunk]
+            qs = [rng.choice(questions).format(name=part_name(cats[c])) for c in chunk]
             meta = {"classes": [cats[c] for c in chunk]}
             one_mask = lambda j, chunk=chunk: np.logical_or.reduce([f() for f in groups[chunk[j]]])
             masks = _mask_stack(one_mask, len(chunk), lazy, meta)
-            out.append(Sample(f"{im['id']}" if not cover_all else f"{im['id']}_{k}", task, seg_conversation(qs, rng),
+            out.append(Sample(f"{im['id']}" if not cover_all else f"{im['id']}_{k}", task, seg_conversation(qs, rng, answers=answers),
                               image=str(img), masks=masks, source=where, meta=meta))
         return out
     for iid in sorted(images, key=str):
@@ -938,8 +974,13 @@ def read_reasonseg(folder,                        # folder of images and their J
                    seed: int = 0,
                    skip_bad: bool = False,
                    lazy: bool = False,
+                   questions: Sequence[str] = SHORT_QUESTIONS,      # templates with {name} for short phrases (is_sentence false)
+                   long_questions: Sequence[str] = LONG_QUESTIONS,  # templates with {sent} for full sentences
+                   answers: Sequence[str] = SEG_ANSWERS,            # answer templates, each with one <seg>
                   ) -> Samples:
     "ReasonSeg (image + labelme-style polygon JSON with questions) -> 'reasoning' samples."
+    questions, long_questions = check_templates(questions, "name"), check_templates(long_questions, "sent", what="long_questions")
+    answers = check_templates(answers, token="<seg>", what="answers")
     folder = Path(folder)
     jsons, images = _stems(folder, (".json",)), _stems(folder, _IMAGE_EXTS)
     rd = _Reading(folder, skip_bad)
@@ -979,11 +1020,11 @@ def read_reasonseg(folder,                        # folder of images and their J
         picked = list(enumerate(texts)) if per_question else [rng.choice(list(enumerate(texts)))]
         out = []
         for k, t in picked:
-            q = rng.choice(LONG_QUESTIONS).format(sent=t.strip()) if is_sentence else rng.choice(SHORT_QUESTIONS).format(name=t.strip())
+            q = rng.choice(long_questions).format(sent=t.strip()) if is_sentence else rng.choice(questions).format(name=t.strip())
             meta = {"ignore_polygons": ignore} if ignore else {}
             if lazy: meta["n_masks"] = 1
             masks = (lambda make=make: make()[None]) if lazy else mask[None]
-            out.append(Sample(f"{stem}_{k}", "reasoning", seg_conversation([q], rng), image=str(img), masks=masks,
+            out.append(Sample(f"{stem}_{k}", "reasoning", seg_conversation([q], rng, answers=answers), image=str(img), masks=masks,
                               source=where, meta=meta))
         return out
     for stem in sorted(jsons):

@@ -21,14 +21,15 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'HPOS', 'VPOS', 'CORNERS', 'SPLITS', 'P
            'DET_QUESTIONS', 'DET_ANSWERS', 'CLS_QUESTIONS', 'CLS_ANSWERS', 'REASON_SENTENCES', 'REASON_PHRASES',
            'KIND_CLUES', 'COLOUR_CLUES', 'EXTREME_CLUES', 'TONES', 'GEN_REQUESTS', 'NEW_GEN_FOLLOWUPS', 'EDIT_REQUESTS',
            'MOVES', 'SOUNDS', 'PLACES', 'AUDIO_REQUESTS', 'AUDIO_FOLLOWUPS', 'MOTIONS', 'VIDEO_REQUESTS',
-           'VIDEO_FOLLOWUPS', 'CHAT_TURNS', 'GEN_ANSWERS', 'EDIT_ANSWERS', 'AUDIO_ANSWERS', 'VIDEO_ANSWERS', 'LEAVES',
-           'INDEX_VERSION', 'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split',
-           'template_split', 'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene',
-           'position_phrase', 'plural', 'article', 'noun_phrase', 'describe_shape', 'describe_scene',
-           'referring_phrases', 'parse_description', 'render_description', 'make_vqa', 'make_semantic',
-           'make_referring', 'make_reasoning', 'make_det', 'make_cls', 'make_image_gen', 'make_image_edit',
-           'make_audio', 'make_video', 'leaf_task', 'ShapesWorld', 'resolve_sizes', 'write_shapes_world',
-           'load_shapes_world', 'ensure_shapes_world', 'tree_digest', 'user_templates', 'template_splits_of']
+           'VIDEO_FOLLOWUPS', 'CHAT_TURNS', 'GEN_ANSWERS', 'EDIT_ANSWERS', 'AUDIO_ANSWERS', 'VIDEO_ANSWERS',
+           'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'LEAVES', 'INDEX_VERSION',
+           'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split', 'template_split',
+           'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene', 'position_phrase', 'plural',
+           'article', 'noun_phrase', 'describe_shape', 'describe_scene', 'referring_phrases', 'parse_description',
+           'render_description', 'seg_question_args', 'make_vqa', 'make_semantic', 'make_referring', 'make_reasoning',
+           'make_det', 'make_cls', 'make_image_gen', 'make_image_edit', 'make_audio', 'make_video', 'leaf_task',
+           'ShapesWorld', 'resolve_sizes', 'write_shapes_world', 'load_shapes_world', 'ensure_shapes_world',
+           'tree_digest', 'user_templates', 'template_splits_of']
 
 # %% ../nbs/09_synthetic.ipynb #f7ffbf43
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
@@ -445,6 +446,31 @@ AUDIO_ANSWERS = ("Sure, listen to this: {call}", "Here is the sound: {call}", "O
 VIDEO_ANSWERS = ("Here is the video: {call}", "Sure, watch this: {call}", "Of course! Here is a clip: {call}",
                  "This clip shows it: {call}")
 
+# %% ../nbs/09_synthetic.ipynb #fe7aa981
+SEG_QUESTIONS = ("Can you segment the {name}?", "Please segment the {name} in this picture.", "Show me the mask of the {name}.",
+                 "Mark the pixels of the {name}.", "Which pixels belong to the {name}? Answer with a mask.",
+                 "Segment the {name}.", "I need a segmentation mask for the {name}.", "Could you cut out the {name} for me?",
+                 "Highlight the {name} with a mask.", "Give me a mask that covers the {name}.")
+SEMANTIC_SEG_QUESTIONS = ("Segment every {name} in this image.", "Please give me a mask of all the {name} shapes.",
+                          "Find every {name} and segment it.", "Can you segment all {name} shapes here?",
+                          "Cover each {name} in the picture with a mask.", "Mask out every {name} you can find.",
+                          "Please segment each {name} in the picture.", "Which area do the {name} shapes take up? Show it as a mask.",
+                          "Show every {name} as one segmentation mask.", "I want a mask for all of the {name} shapes.")
+LONG_SEG_QUESTIONS = ("{sent} Please answer with a segmentation mask.", "{sent} Show it as a mask.",
+                      "{sent} Reply with the mask of that shape.", "{sent} Give me its mask.",
+                      "{sent} Mark it with a segmentation mask.", "{sent} Segment it, please.", "{sent} I'd like the answer as a mask.",
+                      "{sent} Outline it with a mask.", "{sent} Answer by segmenting it.", "{sent} Please output its mask.")
+SEG_BANKS = {"seg/semantic": {"questions": SEMANTIC_SEG_QUESTIONS}, "seg/referring": {"questions": SEG_QUESTIONS},
+             "seg/reasoning": {"questions": SEG_QUESTIONS, "long_questions": LONG_SEG_QUESTIONS}}
+
+def seg_question_args(leaf: str,   # 'seg/semantic', 'seg/referring' or 'seg/reasoning'
+                      split: str,  # train, val or test
+                     ) -> dict:
+    "The reader's question-bank arguments for a segmentation leaf and split, e.g. {'questions': [...]}."
+    _check_split(split)
+    if leaf not in SEG_BANKS: raise KeyError(f"{leaf!r} is not a segmentation leaf (use one of {', '.join(SEG_BANKS)})")
+    return {k: split_templates(bank, split) for k, bank in SEG_BANKS[leaf].items()}
+
 # %% ../nbs/09_synthetic.ipynb #7ca130db
 def _pick(rng: random.Random, bank: Sequence, split: str):
     return rng.choice(split_templates(bank, split))
@@ -838,7 +864,7 @@ def _write_semantic(world, recs, split, root: Path) -> dict:
     return {"format": "ade20k", "reader": "read_semantic", "files": ["ade_shapes/classes.txt", f"ade_shapes/images/{split}",
                                                                      f"ade_shapes/annotations/{split}"],
             "args": {"root": "ade_shapes", "classes": "ade_shapes/classes.txt", "image_dir": f"images/{split}",
-                     "label_dir": f"annotations/{split}", "reduce_zero_label": True}}
+                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", split)}}
 
 def _write_reasoning(world, recs, split, root: Path) -> dict:
     folder = root / "reason_seg" / split
@@ -850,7 +876,8 @@ def _write_reasoning(world, recs, split, root: Path) -> dict:
                     "shapes": [{"label": "target", "labels": ["target"], "shape_type": "polygon", "image_name": name,
                                 "group_id": None, "points": pts}],
                     "imagePath": name, "imageHeight": sc.size, "imageWidth": sc.size}, folder / f"{r['id']}.json")
-    return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"], "args": {"folder": f"reason_seg/{split}"}}
+    return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"],
+            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", split)}}
 
 def _write_grounded(world, recs, split, root: Path, leaf: str) -> dict:
     task = leaf_task(leaf)
@@ -894,12 +921,13 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
     return {split: {"format": "refer", "reader": "read_refer",
                     "files": ["refshapes/refs(shapes).json", "refshapes/instances.json", "refshapes/images"],
                     "args": {"refs": "refshapes/refs(shapes).json", "instances": "refshapes/instances.json",
-                             "image_dir": "refshapes/images", "split": split, "rounds_per_sample": 3}}
+                             "image_dir": "refshapes/images", "split": split, "rounds_per_sample": 3,
+                             **seg_question_args("seg/referring", split)}}
             for split in recs_by_split}
 
 # %% ../nbs/09_synthetic.ipynb #6fb0ba3d
 _SUBDIRS = ("llava", "interactive", "ade_shapes", "refshapes", "reason_seg", "grounded")
-INDEX_VERSION = 1
+INDEX_VERSION = 2          # 2: the segmentation readers' question banks are reader arguments, per split
 
 def resolve_sizes(sizes) -> dict[str, dict[str, int]]:
     "Normalise sizes to {split: {leaf: n}} from an int, {split: n | {leaf: n}}, {leaf: n} or a config."
@@ -1032,7 +1060,8 @@ def user_templates() -> dict:
     banks.update({"det": DET_QUESTIONS, "cls": CLS_QUESTIONS, "reason/sentence": REASON_SENTENCES, "reason/phrase": REASON_PHRASES,
                   "gen": [t for _, t in GEN_REQUESTS], "gen/new": NEW_GEN_FOLLOWUPS, "audio": [t for _, t in AUDIO_REQUESTS],
                   "audio/followup": AUDIO_FOLLOWUPS, "video": [t for _, t in VIDEO_REQUESTS], "video/followup": VIDEO_FOLLOWUPS,
-                  "chat": [u for u, _ in CHAT_TURNS]})
+                  "chat": [u for u, _ in CHAT_TURNS],
+                  "seg": SEG_QUESTIONS, "seg/semantic": SEMANTIC_SEG_QUESTIONS, "seg/long": LONG_SEG_QUESTIONS})
     banks.update({f"edit/{k}": v for k, v in EDIT_REQUESTS.items()})
     return {name: [(t, template_split(j)) for j, t in enumerate(bank)] for name, bank in banks.items()}
 

@@ -6,7 +6,7 @@ import torch
 from PIL import Image, ImageDraw
 from llmbind.tokens import tiny_tokenizer, add_task_tokens
 from llmbind.data import (Sample, LLMBindCollator, read_semantic, read_conversations, write_conversations, read_refer,
-                          read_reasonseg, rle_encode)
+                          read_reasonseg, read_coco_parts, rle_encode)
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,34 @@ def test_write_read_roundtrip_many(tmp_path):
     for a, b in zip(samples, back):
         if a.masks is None: assert b.masks is None
         else: np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_custom_templates_reach_the_collator(tmp_path, tok):
+    "A caller's question and answer banks are the only words asked and answered; the targets do not change."
+    root = _shapes(tmp_path, n=6)
+    qs, answers = ["Outline each {name}.", "Mark all {name} pixels."], ["Marked <seg>.", "<seg> done."]
+    default, custom = read_semantic(root, cover_all=True), read_semantic(root, cover_all=True, questions=qs, answers=answers)
+    assert [s.id for s in custom] == [s.id for s in default]
+    for s, d in zip(custom, default):
+        np.testing.assert_array_equal(s.masks, d.masks)
+        for q, name in zip(s.messages[::2], s.meta["classes"]):
+            assert q["content"].replace("<image>\n", "") in [t.format(name=name) for t in qs]
+        assert all(a["content"] in answers for a in s.messages[1::2])
+    b = LLMBindCollator(tok, image_size=32, sam_image_size=64)(list(custom))
+    seg = tok.convert_tokens_to_ids("<seg>")
+    for i, m in enumerate(b["masks"]): assert m.shape[0] == int((b["labels"][i] == seg).sum())
+
+
+@pytest.mark.parametrize("kw, msg", [({"questions": []}, "questions is empty"),
+                                     ({"questions": "Segment the {name}."}, "must be a list of template strings"),
+                                     ({"questions": ["Segment it."]}, "questions[0] 'Segment it.' has no {name}"),
+                                     ({"questions": ["Segment the {name} by the {other}."]}, "placeholder other than {name}"),
+                                     ({"answers": ["Here."]}, "answers[0] 'Here.' holds 0 <seg>")])
+def test_bad_banks_are_refused_before_reading(tmp_path, kw, msg):
+    missing = tmp_path / "nothing_here"
+    for read in (lambda **k: read_semantic(missing, **k), lambda **k: read_refer(missing / "r.json", missing / "i.json", missing, **k),
+                 lambda **k: read_coco_parts(missing / "i.json", missing, **k), lambda **k: read_reasonseg(missing, **k)):
+        with pytest.raises(ValueError) as e: read(**kw)
+        assert msg in str(e.value)
+    with pytest.raises(ValueError, match=r"long_questions\[0\] '\{name\}\?' has a placeholder other than \{sent\}"):
+        read_reasonseg(missing, long_questions=["{name}?"])

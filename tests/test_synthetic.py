@@ -5,8 +5,11 @@ import numpy as np
 import pytest
 
 from llmbind.config import LLMBindConfig
-from llmbind.synthetic import (COLOURS, LEAVES, PLACES, SHAPES, SOUNDS, SPLITS, ShapesWorld, colour_shape_split, leaf_task,
-                               load_shapes_world, pair_split, template_splits_of, tree_digest, write_shapes_world)
+from itertools import combinations
+from llmbind.tokens import IMAGE_TOKEN
+from llmbind.synthetic import (COLOURS, INDEX_VERSION, LEAVES, PLACES, SEG_BANKS, SHAPES, SOUNDS, SPLITS, ShapesWorld,
+                               colour_shape_split, ensure_shapes_world, leaf_task, load_shapes_world, pair_split,
+                               split_templates, template_splits_of, tree_digest, write_shapes_world)
 
 SIZES = {"train": 30, "val": 10, "test": 10}
 
@@ -60,6 +63,51 @@ def test_user_turns_use_their_split_templates():
                 rec = w.record(leaf, split, i)
                 turns = [u for u, _ in rec.get("turns", [])] + ([rec["text"]] if "text" in rec else [])
                 for u in turns: assert template_splits_of(u) == {split}, (split, leaf, u)
+
+def _seg_question_templates(world_dir, split, seed=7) -> dict:
+    "{seg leaf: question templates} of a loaded split: each user turn with its class name, phrase or sentence cut out."
+    w, out = ShapesWorld(seed=seed), {}
+    for leaf, samples in load_shapes_world(world_dir, split, leaves=list(SEG_BANKS)).items():
+        got = out.setdefault(leaf, set())
+        for i, s in enumerate(samples):
+            rec = w.record(leaf, split, i)
+            fill = (s.meta["classes"] if leaf == "seg/semantic" else
+                    [x for _, xs in rec["refs"] for x in xs] if leaf == "seg/referring" else [rec["text"]])
+            turns = [m["content"].replace(IMAGE_TOKEN + "\n", "") for m in s.messages[::2]]
+            assert len(turns) == len(fill), (leaf, s.id)
+            for u, f in zip(turns, fill):
+                assert u.count(f) == 1, (u, f)
+                got.add(u.replace(f, "{}"))
+    return out
+
+def test_seg_question_templates_disjoint_across_splits(world_dir):
+    "The questions the segmentation readers ask come from the split's own bank: no template is shared between splits."
+    seen = {split: _seg_question_templates(world_dir, split) for split in SPLITS}
+    for leaf in SEG_BANKS:
+        for split in SPLITS:
+            bank = {t for b in SEG_BANKS[leaf].values() for t in split_templates(b, split)}
+            assert seen[split][leaf], (leaf, split)
+            assert all({t.replace("{}", "{name}"), t.replace("{}", "{sent}")} & bank for t in seen[split][leaf]), (leaf, split)
+        for a, b in combinations(SPLITS, 2):
+            assert not seen[a][leaf] & seen[b][leaf], (leaf, a, b, seen[a][leaf] & seen[b][leaf])
+    assert len(seen["train"]["seg/semantic"]) >= 3                  # training sees several wordings
+
+def test_loaded_seg_turns_fit_only_their_split(world_dir):
+    for split in SPLITS:
+        for leaf, samples in load_shapes_world(world_dir, split, leaves=list(SEG_BANKS)).items():
+            for s in samples:
+                for m in s.messages[::2]:
+                    u = m["content"].replace(IMAGE_TOKEN + "\n", "")
+                    assert template_splits_of(u) == {split}, (split, leaf, u)
+
+def test_index_of_another_version_is_refused_and_rewritten(tmp_path):
+    out = tmp_path / "old"
+    write_shapes_world(out, {"train": {"seg/semantic": 2}}, seed=0)
+    f = out / "index.json"
+    index = json.loads(f.read_text()); index["version"] = INDEX_VERSION - 1; f.write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=f"version {INDEX_VERSION}; write the world again"): load_shapes_world(out, "train")
+    assert ensure_shapes_world(out, {"train": {"seg/semantic": 2}}, seed=0)["version"] == INDEX_VERSION
+    assert len(load_shapes_world(out, "train")["seg/semantic"]) == 2
 
 def test_masks_are_exact(world_dir):
     w = ShapesWorld(seed=7)
