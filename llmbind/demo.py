@@ -442,10 +442,9 @@ def _read_jsonl(p) -> list:
 
 def plot_losses(out_dir, path) -> Path:
     "Loss curves per task of both stages (from the metrics logs)."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure      # no pyplot: the caller's backend and open figures stay as they are
     out = Path(out_dir)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig = Figure(figsize=(13, 3.4)); axes = fig.subplots(1, 3)
     for ax, stage in zip(axes[:2], ("stage_a", "stage_b")):
         recs = [r for r in _read_jsonl(out / stage / "metrics.jsonl") if r.get("kind") == "train"]
         keys = sorted({k for r in recs for k in r if k.startswith("loss/ar/")})
@@ -458,36 +457,34 @@ def plot_losses(out_dir, path) -> Path:
         xs = [r["step"] for r in recs if k in r]
         if xs: axes[2].plot(xs, [r[k] for r in recs if k in r], label=k[5:], lw=1)
     axes[2].set_title("stage B: mask / aux / head losses"); axes[2].set_xlabel("step"); axes[2].legend(fontsize=7)
-    fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
+    fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
 def plot_routing(routing: dict, path) -> Path:
     "Expert load per task (rows) and LoRA-MoE linear (panels)."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure      # no pyplot: the caller's backend and open figures stay as they are
     tasks = list(routing); mods = list(next(iter(routing.values())))
-    fig, axes = plt.subplots(1, len(mods), figsize=(2.3 * len(mods), 3.2), squeeze=False)
+    fig = Figure(figsize=(2.3 * len(mods), 3.2)); axes = fig.subplots(1, len(mods), squeeze=False)
     for ax, m in zip(axes[0], mods):
         a = np.array([routing[t][m] for t in tasks])                              # (tasks, N)
         ax.imshow(a, vmin=0, vmax=max(0.5, float(a.max())), cmap="viridis", aspect="auto")
         ax.set_title(m, fontsize=8); ax.set_xticks(range(a.shape[1])); ax.set_xlabel("expert", fontsize=7)
         ax.set_yticks(range(len(tasks))); ax.set_yticklabels(tasks if ax is axes[0][0] else [], fontsize=7)
     fig.suptitle("share of top-k assignments per expert, by task", fontsize=9)
-    fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
+    fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
 def plot_masks(examples: list, path) -> Path:
     "Test images with the ground-truth and the predicted mask of a referring expression."
-    import matplotlib; matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure      # no pyplot: the caller's backend and open figures stay as they are
     n = max(1, len(examples))
-    fig, axes = plt.subplots(3, n, figsize=(2.2 * n, 6.4), squeeze=False)
+    fig = Figure(figsize=(2.2 * n, 6.4)); axes = fig.subplots(3, n, squeeze=False)
     for j, e in enumerate(examples):
         axes[0][j].imshow(e["image"]); axes[0][j].set_title("\n".join(re.findall(r".{1,28}(?:\s|$)", e["text"].replace(IMAGE_TOKEN, "").strip()))[:90], fontsize=6)
         axes[1][j].imshow(e["gt"], cmap="gray"); axes[1][j].set_title("ground truth", fontsize=7)
         axes[2][j].imshow(e["pred"], cmap="gray"); axes[2][j].set_title(f"predicted (IoU {e['iou']:.2f})", fontsize=7)
     for ax in axes.flat: ax.axis("off")
-    fig.tight_layout(); fig.savefig(path, dpi=80); plt.close(fig)
+    fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
 def _fmt(v) -> str:
