@@ -15,11 +15,11 @@ from .config import GeneratorsConfig, LLMBindConfig
 from .tokens import TASK_TOKENS, TASKS, TaskCall, ParseProblem, ParsedResponse, format_call
 
 # %% auto #0
-__all__ = ['ARTIFACT_KINDS', 'PIPELINES', 'video_frames', 'to_pil_image', 'Artifact', 'resolve_device', 'resolve_dtype',
-           'PipelineKind', 'pipeline_kind', 'build_tiny_pipeline', 'save_pipeline', 'check_pipeline_folder',
-           'load_pipeline', 'GeneratorNotConfigured', 'MissingImageError', 'Generator', 'FunctionGenerator',
-           'clear_pipeline_cache', 'DiffusersGenerator', 'ImageGenerator', 'ImageEditor', 'VideoGenerator',
-           'AudioGenerator', 'parse_tagged', 'GeneratorRegistry']
+__all__ = ['ARTIFACT_KINDS', 'PIPELINES', 'video_frames', 'to_pil_image', 'gif_bytes', 'Artifact', 'resolve_device',
+           'resolve_dtype', 'PipelineKind', 'pipeline_kind', 'build_tiny_pipeline', 'save_pipeline',
+           'check_pipeline_folder', 'load_pipeline', 'GeneratorNotConfigured', 'MissingImageError', 'Generator',
+           'FunctionGenerator', 'clear_pipeline_cache', 'DiffusersGenerator', 'ImageGenerator', 'ImageEditor',
+           'VideoGenerator', 'AudioGenerator', 'parse_tagged', 'GeneratorRegistry']
 
 # %% ../nbs/12_generators.ipynb #77f83e32
 ARTIFACT_KINDS = ("image", "video", "audio", "mask", "box", "label", "text")
@@ -62,8 +62,14 @@ def to_pil_image(image) -> Image.Image:
         return Image.fromarray(_to_uint8(a)).convert("RGB")
     raise TypeError(f"expected a PIL image, a file path or an array as image, got {type(image).__name__}")
 
+def gif_bytes(frames, fps: float) -> bytes:
+    "Video frames (see `video_frames`) as a looping animated GIF file in memory."
+    fr = video_frames(frames); buf = io.BytesIO()
+    fr[0].save(buf, format="GIF", save_all=True, append_images=fr[1:], duration=max(1, round(1000 / fps)), loop=0)
+    return buf.getvalue()
+
 def _write_gif(frames: list, path: Path, fps: float):
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=max(1, round(1000 / fps)), loop=0)
+    Path(path).write_bytes(gif_bytes(frames, fps))
 
 def _write_mp4(frames: list, path: Path, fps: float):
     import imageio_ffmpeg
@@ -166,9 +172,7 @@ class Artifact:
             im = self._image() if self.kind == "image" else Image.fromarray((np.asarray(self.data) > 0.5).astype(np.uint8) * 255)
             buf = io.BytesIO(); big(im).save(buf, format="PNG"); return IPImage(data=buf.getvalue(), format="png")
         if self.kind == "video":
-            buf = io.BytesIO(); fr = [big(f) for f in video_frames(self.data)]
-            fr[0].save(buf, format="GIF", save_all=True, append_images=fr[1:], duration=max(1, round(1000 / self.fps)), loop=0)
-            return IPImage(data=buf.getvalue(), format="gif")
+            return IPImage(data=gif_bytes([big(f) for f in video_frames(self.data)], self.fps), format="gif")
         if self.kind == "audio":
             w = np.asarray(self.data, dtype=np.float32); peak = float(np.abs(w).max()) if w.size else 0.0
             return Audio(w / peak * 0.5 if peak > 0 else w, rate=self.sample_rate, normalize=False)  # played at half scale

@@ -13,7 +13,7 @@ from PIL import Image
 import ipywidgets as W
 from .config import LLMBindConfig, DataConfig, ConfigError, paper_mixture, mixture_leaf_probs
 from .mixing import MixtureSampler
-from .generators import Artifact, video_frames, to_pil_image
+from .generators import Artifact, video_frames, to_pil_image, gif_bytes
 from .moe import routing_stats
 from .agent import LLMBindAgent, Turn, mask_overlay
 
@@ -49,10 +49,7 @@ def gif_uri(frames, # video data: a list of images or an (F, H, W, 3) array
             fps: float = 8, # frames per second
            ) -> str:
     "A `data:image/gif;base64,...` URI of the frames as a looping animated GIF."
-    fr = video_frames(frames)
-    buf = io.BytesIO()
-    fr[0].save(buf, format="GIF", save_all=True, append_images=fr[1:], duration=max(1, round(1000 / fps)), loop=0)
-    return "data:image/gif;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/gif;base64," + base64.b64encode(gif_bytes(frames, fps)).decode("ascii")
 
 def wav_bytes(wave_data, # (samples,) float waveform
               sample_rate: int, # samples per second
