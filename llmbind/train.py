@@ -307,12 +307,12 @@ def shm_op_cached(ext_dir: Optional[str] = None) -> bool:
     d = Path(ext_dir or os.environ.get("TORCH_EXTENSIONS_DIR") or Path(TORCH_EXTENSIONS_DEFAULT)).expanduser()
     return any(d.glob(f"*/{SHM_OP}/{SHM_OP}*.so"))
 
-def use_shm_op(device_type: str = "cpu") -> bool:
-    "Apply `LLMBIND_DS_SHM` (1, 0 or cached) before DeepSpeed starts; returns whether the op will be used."
+def use_shm_op(device_type: str = "cpu", world_size: Optional[int] = None) -> bool:
+    "Apply `LLMBIND_DS_SHM` (1, 0 or cached) before DeepSpeed starts; returns whether the op will be used (never for one rank)."
     mode = os.environ.get("LLMBIND_DS_SHM", "1")
     if mode not in ("0", "1", "cached"): raise ConfigError(f"LLMBIND_DS_SHM must be 0, 1 or cached, got {mode!r}")
     if device_type != "cpu": return False
-    use = mode == "1" or (mode == "cached" and shm_op_cached())
+    use = (mode == "1" or (mode == "cached" and shm_op_cached())) and (world_size is None or world_size > 1)
     if not use:
         import deepspeed.ops
         deepspeed.ops.__compatible_ops__[SHM_OP] = False   # DeepSpeed then uses torch.distributed (gloo) directly
@@ -457,7 +457,7 @@ def _init_distributed(device_type: str) -> tuple[int, int, int, bool]:
     for k, v in worker_env(device_type, base={}).items(): os.environ.setdefault(k, v)
     import deepspeed
     quiet_deepspeed()
-    shm = use_shm_op(device_type)
+    shm = use_shm_op(device_type, world_size=int(os.environ.get("WORLD_SIZE", 1)))   # one rank has nobody to share memory with
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda": torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")

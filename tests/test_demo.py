@@ -6,12 +6,14 @@ from llmbind.demo import demo_command
 
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = cli_main(["demo", "--out", str(out), "--quick", "--steps-a", "3", "--steps-b", "3"])
+    rc = cli_main(["demo", "--out", str(out), "--quick", "--steps-a", "3", "--copy-steps", "2", "--steps-b", "3"])
     assert rc == 0
     r = json.loads((out / "report.json").read_text())
     for k in ("dispatch_accuracy", "prompt_exact_match", "referring_ciou", "seg_false_positive_vqa"):
         assert k in r["metrics"]
-    assert r["stage_a"]["steps"] == 3 and r["stage_b"]["step"] == 3 and r["stage_b"]["world_size"] == 2
+    assert r["stage_a"]["steps"] == 5 and r["stage_a"]["copy_steps"] == 2 and r["stage_b"]["step"] == 3
+    last = json.loads((out / "stage_a" / "metrics.jsonl").read_text().splitlines()[-1])   # 2 copy steps, then the mixture
+    assert last["phase"] == "mixture" and last["step"] == 5 and r["stage_b"]["world_size"] == 2
     for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json"):
         assert (out / f).is_file(), f
     recs = [json.loads(l) for l in (out / "stage_b" / "metrics.jsonl").read_text().splitlines()]
