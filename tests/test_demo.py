@@ -28,3 +28,19 @@ def test_demo_bad_arguments(tmp_path):
     with pytest.raises(UserError, match="--steps-a"): demo_command(["--out", str(tmp_path / "x"), "--steps-a", "0"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file"): demo_command(["--out", str(tmp_path / "f")])
+
+def test_induction_lr_script(capsys):
+    "tools/induction_lr.py runs a few steps per learning rate and prints one table row per checkpoint."
+    import importlib.util, pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / "induction_lr.py"
+    spec = importlib.util.spec_from_file_location("induction_lr", path); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.main(["--lrs", "1e-3", "3e-3", "--steps", "4", "--every", "2", "--batch", "4"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "| step | lr 0.001 | lr 0.003 |"
+    rows = [l for l in out if l.startswith("| 2 |") or l.startswith("| 4 |")]
+    assert len(rows) == 2
+    for r in rows:
+        vals = [float(v) for v in r.strip("|").split("|")[1:]]
+        assert len(vals) == 2 and all(0.0 <= v <= 1.0 for v in vals)
+    assert "chance is 1/" in out[-1]
