@@ -364,9 +364,9 @@ def model_fn(cfg: LLMBindConfig, base_dir: Optional[str] = None, weights: Option
     "Stage B model: the stage-A base + task tokens (mean init) + LoRA-MoE, frozen as in the paper."
     from safetensors.torch import load_file
     model = DemoLLMBind.from_config(cfg, seed=cfg.train.seed)
-    base = Path(base_dir) if base_dir else Path(cfg.llm.pretrained_path).parent
-    if (base / "extra.safetensors").is_file():
-        missing = model.load_state_dict(load_file(str(base / "extra.safetensors")), strict=False)
+    base = Path(base_dir) if base_dir else (Path(cfg.llm.pretrained_path).parent if cfg.llm.pretrained_path else None)
+    if base is not None and (base / "extra.safetensors").is_file():      # projector, CLIP tower and SAM of stage A
+        model.load_state_dict(load_file(str(base / "extra.safetensors")), strict=False)
     if weights: model.load_state_dict(load_file(str(weights)), strict=True)
     model.tokenizer.model_max_length = 10**9
     model.apply_freezing()

@@ -23,7 +23,7 @@ __all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'LATEST', 'MET
            'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached', 'use_shm_op', 'checkpoint_tag',
            'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint', 'rng_state', 'set_rng_state',
            'read_metrics', 'MetricsLog', 'train', 'prepare_run_dir', 'launch', 'worker_main', 'check_paths',
-           'pipeline_for', 'resolve_config', 'train_command', 'demo_command']
+           'pipeline_for', 'resolve_config', 'train_command']
 
 # %% ../nbs/11_train.ipynb #3f46c361
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -745,13 +745,20 @@ def check_paths(cfg: LLMBindConfig) -> None:
             raise FileNotFoundError(f"{k}: {v} does not exist (expected {what}; fix it with --set {k}=PATH)")
 
 def pipeline_for(cfg: LLMBindConfig) -> dict[str, Optional[str]]:
-    "The model, data and evaluation functions a preset trains with (by name, for `launch`)."
+    "The model, data, evaluation and statistics functions a config trains with (by name, for `launch`)."
     if cfg.preset == "tiny":
-        # the stand-in until llmbind.model / llmbind.data are wired in here
-        return {"model_fn": "llmbind.train:standin_model", "data_fn": "llmbind.train:standin_data",
-                "eval_fn": "llmbind.train:standin_eval"}
-    raise ConfigError(f"preset '{cfg.preset}': training the full LLMBind model needs llmbind.model, which this installation "
-                      f"does not provide yet; use --preset tiny")
+        if cfg.data.data_dir is None:        # no data named: the stand-in (seconds per run; what the machinery tests use)
+            return {"model_fn": "llmbind.train:standin_model", "data_fn": "llmbind.train:standin_data",
+                    "eval_fn": "llmbind.train:standin_eval"}
+        if not (Path(cfg.data.data_dir).expanduser() / "index.json").is_file():
+            raise ConfigError(f"data.data_dir {cfg.data.data_dir} holds no shapes world (no index.json); `llmbind demo` "
+                              f"writes one (RUN/data), so does llmbind.synthetic.ensure_shapes_world")
+        # a shapes world: the real LLMBind stage B, with the stage-A base named by llm.pretrained_path (if any)
+        return {"model_fn": "llmbind.demo:model_fn", "data_fn": "llmbind.demo:data_fn",
+                "eval_fn": "llmbind.demo:eval_fn", "stats_fn": "llmbind.demo:stats_fn"}
+    raise ConfigError(f"preset '{cfg.preset}': `llmbind train` has no data function over LLMBind's real datasets yet (the "
+                      f"model loads from local checkpoints, but the dataset mixture is not wired into training); train "
+                      f"the tiny preset, or call llmbind.train.launch with your own data_fn")
 
 _RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every"}
 
@@ -822,11 +829,6 @@ def train_command(argv: Sequence[str]) -> int:
     print(f"done: step {s['step']}/{s['total_steps']}{loss}, checkpoint {out / 'checkpoints' / str(s['checkpoint'])}")
     return 0
 
-def demo_command(argv: Sequence[str]) -> int:
-    "`llmbind demo`: the tiny end-to-end job (needs the full model; not available yet)."
-    from llmbind.cli import UserError
-    raise UserError("'llmbind demo' is not available yet: it needs the LLMBind model (llmbind.model); "
-                    "'llmbind train --preset tiny' trains the stand-in model meanwhile")
 
 # %% ../nbs/11_train.ipynb #8a1e8cae
 if __name__ == "__main__" and "__file__" in globals():

@@ -20,6 +20,19 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     train = [x for x in recs if x["kind"] == "train"]
     assert train and any(k.startswith("routing/L0.") for k in train[-1]) and any(k.startswith("loss/ar/") for k in train[-1])
     assert "dispatch" in capsys.readouterr().out
+    # `llmbind train` trains the real model on the demo's world and base: its stage-B config, other settings
+    more = tmp_path / "more"
+    assert cli_main(["train", "--config", str(out / "stage_b" / "config.json"), "--steps", "2", "--nproc", "1",
+                     "--out", str(more), "--quiet"]) == 0
+    s = json.loads((more / "summary.json").read_text())
+    assert s["step"] == 2 and s["world_size"] == 1 and not s["shm_op"]       # one rank: no shared-memory op
+    recs = [json.loads(l) for l in (more / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert any(k.startswith("loss/ar/") for k in recs[-1]) and any(k.startswith("routing/L") for k in recs[-1])
+    capsys.readouterr()
+    # a data folder without a shapes world is one clear line
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["train", "--set", f"data.data_dir={tmp_path / 'empty'}", "--out", str(tmp_path / "x")]) == 2
+    assert "holds no shapes world" in capsys.readouterr().err
     # an existing run folder is refused without --overwrite
     assert cli_main(["demo", "--out", str(out), "--quick"]) == 2
     assert "already exists" in capsys.readouterr().err
