@@ -177,11 +177,9 @@ def copy_dialogues(n: int,                 # number of dialogues
     for i in range(n):
         msgs = []
         for _ in range(rng.randint(1, max_rounds)):
-            pool = groups["general"]
-            if domain and rng.random() < domain_share:
-                g = groups[rng.choice(domain)]
-                text = " ".join(rng.choice(g) if rng.random() < 0.4 else rng.choice(pool) for _ in range(rng.randint(2, max_words)))
-            else: text = " ".join(rng.choice(pool) for _ in range(rng.randint(2, max_words)))
+            g = groups[rng.choice(domain)] if domain and rng.random() < domain_share else None     # one description group, or none
+            text = " ".join(rng.choice(g) if g and rng.random() < 0.4 else rng.choice(groups["general"])
+                            for _ in range(rng.randint(2, max_words)))
             msgs += [{"role": "user", "content": rng.choice(COPY_ASKS).format(s=text)},
                      {"role": "assistant", "content": rng.choice(COPY_ANSWERS).format(s=text)}]
         out.append(Sample(id=f"copy_{seed}_{i:06d}", task="vqa", messages=msgs, source=f"copy:{seed}:{i}"))
