@@ -27,7 +27,7 @@ __all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'SYSTEM', 'COPY_ASKS', 'COPY_ANSWERS', 
            'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'write_report', 'run_demo', 'demo_command']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
-STAGE_A_MIX = {"vqa": 2.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
+STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
 TEXT_LEAVES = ("vqa", "interactive/image_gen", "interactive/image_edit", "interactive/audio", "interactive/video")
 
 def demo_mixture(grounded: float = 0.3) -> dict:
@@ -109,10 +109,12 @@ def demo_collator(cfg: LLMBindConfig, tokenizer) -> LLMBindCollator:
                            image_length=cfg.vision.num_patches, image_size=cfg.vision.image_size, on_too_long="drop")
 
 class DemoData:
-    "Endless collated batches drawn through `MixtureSampler` from the shapes world; rank-sharded and resumable."
+    "Endless collated batches drawn through `MixtureSampler` from the shapes world; rank-sharded, length-grouped and resumable."
     def __init__(self, cfg: LLMBindConfig, data_dir, split: str = "train", mix: Optional[dict] = None, batch_size: int = 8,
                  seed: int = 0, rank: int = 0, world_size: int = 1, plain: bool = False,
-                 extra: Optional[dict] = None):     # {leaf: [Sample, ...]}: leaves held in memory instead of the world
+                 extra: Optional[dict] = None,      # {leaf: [Sample, ...]}: leaves held in memory instead of the world
+                 group: int = 1):                   # draw this many batches at once and regroup them by length (1: off)
+        if group < 1: raise ValueError(f"group must be at least 1, got {group}")
         mix = mix if mix is not None else cfg.data.mix
         probe = MixtureSampler(mix, {k: 1 for k in _mix_leaves(mix)}, seed=seed)
         keys, extra = probe.leaves, dict(extra or {})
@@ -122,17 +124,38 @@ class DemoData:
         self.cache = _Cache(world)
         self.sampler = MixtureSampler(mix, {k: len(world[_leaf_of(k)]) for k in keys}, seed=seed, rank=rank, world_size=world_size)
         self.collate = demo_collator(cfg, demo_tokenizer(cfg))
-        self.batch_size, self.plain = batch_size, plain
+        self.batch_size, self.plain, self.group, self.seed, self.rank = batch_size, plain, group, seed, rank
+        self._pool, self._pos, self._pools, self._pool_state = [], 0, 0, None
     def __iter__(self): return self
+    def _length(self, draw) -> int:
+        "Characters of a drawn sample, plus some for its image: the sort key of length grouping."
+        s = self.cache.get(_leaf_of(draw[0]), draw[1])
+        return sum(len(m["content"]) for m in s.messages) + (64 if s.image is not None else 0)
+    def _refill(self, skip: int = 0):
+        "Take `group` batches from the sampler, sort them by length, cut and shuffle the batches (same pool again on resume)."
+        self._pool_state = self.sampler.state_dict()
+        draws = self.sampler.take(self.batch_size * self.group)
+        if self.group > 1: draws = sorted(draws, key=self._length)
+        pool = [draws[i:i + self.batch_size] for i in range(0, len(draws), self.batch_size)]
+        random.Random(f"{self.seed}|{self.rank}|{self._pools}").shuffle(pool)
+        self._pool, self._pos = pool, skip
     def __next__(self) -> dict:
-        draws = self.sampler.take(self.batch_size)
+        if self._pos >= len(self._pool): self._refill()
+        draws = self._pool[self._pos]; self._pos += 1
+        if self._pos >= len(self._pool): self._pools += 1
         ss = [self.cache.get(_leaf_of(k), i) for k, i in draws]
         if self.plain: ss = [plain_sample(s) for s in ss]
         b = self.collate(ss)
         for k in ("sources", "truncated", "dropped"): b.pop(k, None)
         return b
-    def state_dict(self) -> dict: return {"sampler": self.sampler.state_dict()}
-    def load_state_dict(self, state: dict): self.sampler.load_state_dict(state["sampler"]); return self
+    def state_dict(self) -> dict:
+        if self._pos >= len(self._pool): return {"sampler": self.sampler.state_dict(), "pos": 0, "pools": self._pools}
+        return {"sampler": self._pool_state, "pos": self._pos, "pools": self._pools}
+    def load_state_dict(self, state: dict):
+        self.sampler.load_state_dict(state["sampler"]); self._pools = state.get("pools", 0)
+        self._pool, self._pos = [], 0
+        if state.get("pos", 0): self._refill(skip=state["pos"])
+        return self
 
 def _mix_leaves(mix: dict, prefix: str = "") -> list:
     out = []
@@ -192,11 +215,14 @@ def _lr_at(step: int, lr: float, warmup: int, total: int, floor: float = 0.1) ->
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
 # %% ../nbs/11a_demo.ipynb #b8282f75
-def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 400, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 900, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                   log_every: int = 10, time_limit: Optional[float] = None, threads: int = 1, progress: bool = True,
                   sam_steps: int = 400, sam_lr: float = 3e-3,
                   copy_steps: int = 300,       # first steps on copy dialogues only (they form the induction heads)
                   copy_weight: float = 1.0,    # weight of the copy dialogues in the mixture of the `steps` that follow
+                  group: int = 4,              # batches regrouped by length at a time (`DemoData`): less padding
+                  threads_after_copy: Optional[int] = 2,   # threads of the mixture steps (SAM's process is done by then)
+                  mix: Optional[dict] = None,  # the text mixture (default `STAGE_A_MIX`)
                   ) -> dict:
     "Pretrain the tiny base: the whole LLM and the projector on copy dialogues and plain-text answers; SAM on point prompts alongside."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -209,10 +235,11 @@ def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 400, batch_size: int
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     copies = {"copy": copy_dialogues(20000, copy_words(model.tokenizer), seed=seed)} if copy_steps or copy_weight else {}
     phases = [("copy", DemoData(cfg_a, cfg.data.data_dir, mix={"copy": 1.0}, batch_size=batch_size, seed=seed, plain=True,
-                                extra=copies), copy_steps)] if copy_steps else []
-    mix = dict(STAGE_A_MIX, copy=copy_weight) if copy_weight else STAGE_A_MIX
+                                extra=copies, group=group), copy_steps)] if copy_steps else []
+    mix = STAGE_A_MIX if mix is None else mix
+    mix = dict(mix, copy=copy_weight) if copy_weight else mix
     phases.append(("mixture", DemoData(cfg_a, cfg.data.data_dir, mix=mix, batch_size=batch_size, seed=seed, plain=True,
-                                       extra=copies), steps))
+                                       extra=copies, group=group), steps))
     total = sum(n for _, _, n in phases)
     sam_job = None
     if sam_steps:                       # SAM's decoder trains in a second process meanwhile (it shares nothing with the LLM)
@@ -224,6 +251,7 @@ def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 400, batch_size: int
     t0, step, stopped = time.perf_counter(), 0, False
     with open(out / "metrics.jsonl", "w") as f:
         for phase, data, n in phases:
+            if phase == "mixture" and copy_steps and threads_after_copy: torch.set_num_threads(threads_after_copy)
             for _ in range(n):
                 if time_limit and time.perf_counter() - t0 > time_limit: stopped = True; break
                 for g in opt.param_groups: g["lr"] = _lr_at(step, lr, 20, total)
@@ -256,6 +284,7 @@ def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 400, batch_size: int
     extra = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(("projector.", "vision_tower.", "segment.sam."))}
     save_file(extra, str(out / "extra.safetensors"))
     summary = {"steps": step, "copy_steps": copy_steps, "copy_weight": copy_weight, "time_s": secs, "steps_per_s": step / secs,
+               "group": group, "threads": threads, "threads_after_copy": threads_after_copy if copy_steps else None,
                "batch_size": batch_size, "lr": lr,
                "loss": float(o.loss.detach()), "sam": sam}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -587,7 +616,7 @@ def _load() -> str:
     except OSError: return "n/a"
 
 def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/, stage_b/, report.*)
-             steps_a: int = 400,                  # stage A optimizer steps on the mixture (batch `batch_a`)
+             steps_a: int = 900,                  # stage A optimizer steps on the mixture (batch `batch_a`)
              copy_steps: Optional[int] = None,    # stage A steps on copy dialogues before them (default 300, quick 10)
              steps_b: int = 300,                  # stage B optimizer steps on the DeepSpeed engine
              nproc: int = 2,                      # stage B ranks (CPU processes with gloo)
@@ -664,7 +693,7 @@ def demo_command(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser(prog="llmbind demo", description="The tiny end-to-end LLMBind job on CPU.")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    p.add_argument("--steps-a", type=int, default=None, help="stage A steps on the mixture (default 400, quick 20)")
+    p.add_argument("--steps-a", type=int, default=None, help="stage A steps on the mixture (default 900, quick 20)")
     p.add_argument("--copy-steps", type=int, default=None, help="stage A steps on copy dialogues first (default 300, quick 10)")
     p.add_argument("--steps-b", type=int, default=None, help="stage B steps (default 300, quick 10)")
     p.add_argument("--nproc", type=int, default=2, help="stage B CPU ranks (default 2)")
@@ -679,7 +708,7 @@ def demo_command(argv: Sequence[str]) -> int:
     if out.exists() and not out.is_dir(): raise UserError(f"--out {out} is a file; choose a folder")
     if out.is_dir() and any(out.iterdir()) and not a.overwrite:
         raise UserError(f"run folder {out} already exists; pass --overwrite to replace it or --out to choose another")
-    sa = a.steps_a or (20 if a.quick else 400); sb = a.steps_b or (10 if a.quick else 300)
+    sa = a.steps_a or (20 if a.quick else 900); sb = a.steps_b or (10 if a.quick else 300)
     cmd = "llmbind demo " + " ".join(argv)
     r = run_demo(out, steps_a=sa, steps_b=sb, nproc=a.nproc, seed=a.seed, quick=a.quick, overwrite=a.overwrite, copy_steps=a.copy_steps,
                  eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip())
