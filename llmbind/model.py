@@ -22,7 +22,7 @@ from .losses import LossBreakdown, compute_total_loss
 
 # %% auto #0
 __all__ = ['GROUP_ORDER', 'ModelInputError', 'LLMBindOutput', 'resolve_device', 'resolve_dtype', 'build_tokenizer', 'build_llm',
-           'LLMBindForCausalLM', 'GenerationResult']
+           'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
 
 # %% ../nbs/06_model.ipynb #7a337a37
 class ModelInputError(ValueError):
@@ -305,12 +305,28 @@ def _embed_and_splice(self, input_ids, attention_mask, labels, images, has):
         feats = self.projector(self.vision_tower(px).to(emb.dtype))         # (N, P, D)
     return splice_image_features(input_ids, emb, feats, self.image_token_id, attention_mask=attention_mask, labels=labels)
 
-def _run_llm(self, sp):
-    "Last-layer hidden states `(B, L', D)` and logits `(B, L', V)` of the spliced sequence."
+def _run_llm(self, sp, logits: bool = True):
+    "Last-layer hidden states `(B, L', D)` and logits `(B, L', V)` of the spliced sequence (None with `logits=False`)."
     out = self.llm.model(inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, position_ids=sp.position_ids,
                          use_cache=False)
     h = out.last_hidden_state
-    return h, self.llm.lm_head(h)
+    return h, (self.llm.lm_head(h) if logits else None)
+
+def pack_supervised(h: torch.Tensor,            # (B, L, D) last-layer states
+                    labels: torch.Tensor,       # (B, L) labels, `ignore_index` where no loss
+                    ignore_index: int = -100,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    "The states that predict a supervised label, packed to the front of each row: `(B, M+1, D)` and labels `(B, M+1)` for the usual shifted loss."
+    B, L, D = h.shape
+    nxt = labels[:, 1:] != ignore_index                                      # position i predicts label i+1
+    n = nxt.sum(1)
+    M = int(n.max()) if B and L > 1 else 0
+    order = torch.argsort((~nxt).int(), dim=1, stable=True)[:, :M]           # the supervised positions first, in order
+    keep = torch.arange(M, device=h.device)[None] < n[:, None]
+    hs = h[:, :-1].gather(1, order[..., None].expand(-1, -1, D))
+    lab = labels[:, 1:].gather(1, order).masked_fill(~keep, ignore_index)
+    # one unsupervised slot in front of the labels and one spare state at the end: logits[:, j] predicts labels[:, j + 1]
+    return torch.cat([hs, hs.new_zeros(B, 1, D)], 1), torch.cat([lab.new_full((B, 1), ignore_index), lab], 1)
 
 def _heads(self, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_sizes):
     "Masks for `<seg>` (SAM runs only on rows that have one), boxes for `<det>`, class logits for `<cls>`."
@@ -349,6 +365,8 @@ def _forward(self,
              tasks: Optional[Sequence[str]] = None,    # per sample task name (adds `ar/<task>` terms)
              ids: Optional[Sequence[str]] = None,      # per sample id, used in error messages
              num_items=None,                           # supervised tokens of the whole accumulated batch (see `ar_loss`)
+             supervised_logits: bool = False,          # with labels: LM head only where a label is predicted (faster);
+                                                       # `logits` and `labels` of the output are then packed (`pack_supervised`)
              **unused) -> LLMBindOutput:
     "Splice images, run the LLM, decode `<seg>`/`<det>`/`<cls>` states, and (with labels) every loss term."
     dev = self.device
@@ -360,10 +378,15 @@ def _forward(self,
                           masks, boxes, classes, ids)
     _, n_seg, n_det, n_cls, has = counts
     sp = self._embed_and_splice(input_ids, attention_mask, labels, images, has)
-    h, logits = self._run_llm(sp)
+    packed = supervised_logits and labels is not None
+    h, logits = self._run_llm(sp, logits=not packed)
+    loss_labels = sp.labels
+    if packed:
+        hs, loss_labels = pack_supervised(h, sp.labels)
+        logits = self.llm.lm_head(hs)
     pred_masks, pred_boxes, cls_logits = self._heads(h, sp.token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_sizes)
     out = LLMBindOutput(logits=logits, pred_masks=pred_masks, pred_boxes=pred_boxes, cls_logits=cls_logits, hidden_states=h,
-                        token_ids=sp.token_ids, attention_mask=sp.attention_mask, labels=sp.labels)
+                        token_ids=sp.token_ids, attention_mask=sp.attention_mask, labels=loss_labels)
     if labels is None: return out
     aux = None
     if lora_moe_layers(self.llm):
@@ -379,7 +402,7 @@ def _forward(self,
     if any(n_cls):
         kw.update(cls_logits=torch.cat([p for p, n in zip(cls_logits, n_cls) if n]),
                   cls_targets=torch.cat([torch.as_tensor(g, dtype=torch.long) for g, n in zip(classes, n_cls) if n]).to(dev))
-    out.loss, out.terms = compute_total_loss(self.cfg.loss, logits=logits, labels=sp.labels, aux_loss=aux, tasks=tasks,
+    out.loss, out.terms = compute_total_loss(self.cfg.loss, logits=logits, labels=loss_labels, aux_loss=aux, tasks=tasks,
                                              num_items=num_items, **kw)
     out.aux_loss = aux
     return out
