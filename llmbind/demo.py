@@ -21,10 +21,11 @@ from .moe import routing_stats, lora_moe_layers
 
 # %% auto #0
 __all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'SYSTEM', 'COPY_ASKS', 'COPY_ANSWERS', 'PROMPT_TASKS', 'EVAL_PER_LEAF', 'TARGETS',
-           'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample', 'demo_tokenizer', 'with_system',
-           'DemoCollator', 'demo_collator', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a', 'pretrain_sam',
-           'DemoLLMBind', 'model_fn', 'data_fn', 'eval_fn', 'stats_fn', 'eval_turns', 'turn_kind', 'evaluate_demo',
-           'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'write_report', 'run_demo', 'demo_command']
+           'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample', 'train_demo_tokenizer',
+           'demo_tokenizer', 'with_system', 'DemoCollator', 'demo_collator', 'DemoData', 'copy_words', 'copy_dialogues',
+           'train_stage_a', 'pretrain_sam', 'DemoLLMBind', 'model_fn', 'data_fn', 'eval_fn', 'stats_fn', 'eval_turns',
+           'turn_kind', 'evaluate_demo', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'write_report',
+           'run_demo', 'demo_command']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -46,8 +47,10 @@ def demo_sizes(quick: bool = False) -> dict:
           "interactive/image_edit": 1200, "interactive/audio": 800, "interactive/video": 800, "det": 200, "cls": 200}
     return {"train": tr, "val": 16, "test": 60}
 
-def demo_config(out_dir, steps_b: int = 500, quick: bool = False, seed: int = 0) -> LLMBindConfig:
-    "The tiny preset with the demo's deviations (lr, batch, steps) and paths inside `out_dir`."
+def demo_config(out_dir, steps_b: int = 500, quick: bool = False, seed: int = 0,
+                own_tokenizer: bool = True,      # the tokenizer learnt from the world (`train_demo_tokenizer`, in out_dir/tokenizer)
+                ) -> LLMBindConfig:
+    "The tiny preset with the demo's deviations (lr, batch, steps, tokenizer) and paths inside `out_dir`."
     out = Path(out_dir).resolve()
     cfg = LLMBindConfig.tiny().override(
         f"train.total_steps={steps_b}", "train.lr=3e-3", f"train.warmup_steps={min(20, max(1, steps_b // 5))}", "train.micro_batch_size=8",
@@ -55,6 +58,7 @@ def demo_config(out_dir, steps_b: int = 500, quick: bool = False, seed: int = 0)
         f"train.eval_every={steps_b}", f"train.save_every={steps_b}", f"train.output_dir={out / 'stage_b'}",
         f"data.data_dir={out / 'data'}", f"llm.pretrained_path={out / 'stage_a' / 'llm'}",
         "llm.num_layers=2")
+    if own_tokenizer: cfg = cfg.override(f"llm.tokenizer_path={out / 'tokenizer'}")
     d = cfg.to_dict(); d["data"]["mix"] = demo_mixture()
     return LLMBindConfig.from_dict(d)
 
@@ -73,6 +77,33 @@ def plain_sample(s):
     "A copy of a text/VQA sample whose answers hold the prompts as plain text (stage A: no task tokens)."
     msgs = [dict(m, content=strip_tags(m["content"])) if m["role"] == "assistant" else dict(m) for m in s.messages]
     return replace(s, messages=msgs)
+
+def train_demo_tokenizer(data_dir,                # a shapes world (written by `ensure_shapes_world`)
+                         path,                    # folder to save the tokenizer in
+                         vocab_size: int = 768,
+                         split: str = "train",    # the split whose dialogues it learns from (never the test split)
+                         seed: int = 0):
+    "A byte-level BPE tokenizer like `tiny_tokenizer` (same specials, chat template and size), learnt from the dialogues of `split` as stage A sees them."
+    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
+    from transformers import PreTrainedTokenizerFast
+    from llmbind.tokens import tiny_corpus, VICUNA_CHAT_TEMPLATE
+    if split == "test": raise ValueError("the demo tokenizer must not learn from the test split")
+    world = load_shapes_world(data_dir, split, seed=seed)
+    lines = [format_vicuna([{"role": "system", "content": SYSTEM}] + [dict(m, content=strip_tags(m["content"])) for m in s.load().messages])
+             for ss in world.values() for s in ss]
+    if not lines: raise ValueError(f"no dialogues in the {split} split of {data_dir}; write the shapes world first")
+    bpe = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(lines + tiny_corpus(seed=seed), trainer=trainer)    # + general words, for the copy dialogues
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                                  model_max_length=10**9, padding_side="right", clean_up_tokenization_spaces=False)
+    tok.chat_template = VICUNA_CHAT_TEMPLATE
+    tok.save_pretrained(str(path))
+    return tok
 
 class _Cache:
     "Loaded samples of one split, read on first use."
@@ -179,7 +210,9 @@ def copy_words(tokenizer) -> dict:
     domain = set().union(*groups.values())
     one = lambda w: len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1
     general = sorted({t[1:] for t in tokenizer.get_vocab() if t.startswith("\u0120") and t[1:].isalpha() and len(t) > 4})
-    out = {"general": [w for w in general if w.lower() not in domain and w.lower().rstrip("s") not in domain and one(w)]}
+    roles = {"USER", "ASSISTANT"}                                   # the chat format's words (and their pieces) stay out
+    out = {"general": [w for w in general if w.lower() not in domain and w.lower().rstrip("s") not in domain and one(w)
+                       and not any(w in r for r in roles)]}
     out.update({g: sorted(ws) for g, ws in groups.items()})        # these also when they take several tokens ("p urple")
     return out
 
@@ -588,17 +621,29 @@ def write_report(out_dir, report: dict) -> Path:
     m, L = report["metrics"], []
     L += ["# llmbind demo report", "", f"Command: `{report['command']}`", "",
           f"Wall time {report['wall_time_s']:.0f} s on {report['machine']['cpus']} CPU cores "
-          f"(load average at the start {report['machine']['load_start']}, at the end {report['machine']['load_end']}).", "",
-          "| target (test split, unseen word combinations) | goal | measured | met |", "|---|---|---|---|"]
+          f"(load average at the start {report['machine']['load_start']}, at the end {report['machine']['load_end']}).", ""]
+    sets = [("unseen pairs and phrasings", m)] + ([("unseen pairs, training phrasings", report["metrics_pairs"])]
+                                                  if report.get("metrics_pairs") else [])
+    if len(sets) > 1:
+        L += ["Two test sets, both about colour+shape (and sound+place) pairs that never occur in training: the test split "
+              "of the world, whose requests also use templates never seen in training, and the same pairs asked in the "
+              "training templates (`data_pairs`, see 09_synthetic).", ""]
+    L += ["| target | goal | " + " | ".join(f"{name} | met" for name, _ in sets) + " |", "|---|---|" + "---|---|" * len(sets)]
     for k, (op, goal) in TARGETS.items():
-        v = report["wall_time_s"] if k == "wall_time_s" else m.get(k)
-        L.append(f"| {k} | {op} {goal} | {_fmt(v)} | {_fmt(_met(v, op, goal))} |")
+        vs = [report["wall_time_s"] if k == "wall_time_s" else mm.get(k) for _, mm in sets]
+        L.append(f"| {k} | {op} {goal} | " + " | ".join(f"{_fmt(v)} | {_fmt(_met(v, op, goal))}" for v in vs) + " |")
     L += ["", f"referring gIoU {_fmt(m.get('referring_giou'))} over {m.get('referring_n')} expressions; "
           f"dispatch over {m.get('dispatch_accuracy_n')} turns, prompt EM over {m.get('prompt_exact_match_n')} tagged turns, "
-          f"<seg> false positives over {m.get('seg_false_positive_vqa_n')} VQA turns.", "",
-          "| task | turns | dispatch | prompt EM | gIoU |", "|---|---|---|---|---|"]
+          f"<seg> false positives over {m.get('seg_false_positive_vqa_n')} VQA turns"
+          + (f" (training phrasings: {report['metrics_pairs'].get('dispatch_accuracy_n')} turns, "
+             f"{report['metrics_pairs'].get('prompt_exact_match_n')} tagged)." if len(sets) > 1 else "."), "",
+          *(["Per task: the first four columns on the test split, the last four in training phrasings.", ""] if len(sets) > 1 else []),
+          "| task | turns | dispatch | prompt EM | gIoU |" + (" turns | dispatch | prompt EM | gIoU |" if len(sets) > 1 else ""),
+          "|---|---|---|---|---|" + ("---|---|---|---|" if len(sets) > 1 else "")]
+    pp = report.get("per_task_pairs") or {}
+    cell = lambda r: f"{r['turns']} | {_fmt(r['dispatch'])} | {_fmt(r['prompt_em'])} | {_fmt(r['giou'])} |"
     for k, r in report["per_task"].items():
-        L.append(f"| {k} | {r['turns']} | {_fmt(r['dispatch'])} | {_fmt(r['prompt_em'])} | {_fmt(r['giou'])} |")
+        L.append(f"| {k} | {cell(r)}" + ((" " + cell(pp[k])) if k in pp else (" | | | |" if len(sets) > 1 else "")))
     L += ["", "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in report["timings"].items()]
     L += ["", f"Stage A: {report['stage_a']['steps']} steps ({report['stage_a'].get('copy_steps', 0)} on copy dialogues), "
              f"batch {report['stage_a']['batch_size']}; "
@@ -645,8 +690,13 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     cfg = demo_config(out, steps_b=steps_b, quick=quick, seed=seed)
     say = (lambda *a: print("llmbind demo:", *a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     t = time.perf_counter()
-    ensure_shapes_world(cfg.data.data_dir, demo_sizes(quick), seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names)
-    timings["data"] = time.perf_counter() - t; say(f"shapes world written in {timings['data']:.0f}s")
+    sizes = demo_sizes(quick)
+    ensure_shapes_world(cfg.data.data_dir, sizes, seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names)
+    # the second test set: the same held-out pairs, asked in the training templates (09_synthetic)
+    ensure_shapes_world(out / "data_pairs", {"test": sizes["test"]}, seed=seed, image_size=cfg.data.image_size,
+                        kinds=cfg.segment.class_names, templates="train")
+    if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed)
+    timings["data"] = time.perf_counter() - t; say(f"shapes world and tokenizer written in {timings['data']:.0f}s")
     t = time.perf_counter()
     sam_steps = (10 if quick else 1200) if sam_steps is None else sam_steps
     copy_steps = (10 if quick else 300) if copy_steps is None else copy_steps
@@ -674,21 +724,26 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
     test = load_shapes_world(cfg.data.data_dir, "test", seed=seed)
     ev = evaluate_demo(model, test, max_per_leaf=eval_per_leaf, progress=progress)
+    ev_p = evaluate_demo(model, load_shapes_world(out / "data_pairs", "test", seed=seed), max_per_leaf=eval_per_leaf, progress=progress)
     routing = routing_by_task(model, cfg, test)
+    model.save_pretrained(out / "model")              # what `llmbind eval --run RUN` and `LLMBindForCausalLM.from_pretrained` read
     timings["evaluation"] = time.perf_counter() - t; say(f"evaluated {len(ev['rows'])} test turns in {timings['evaluation']:.0f}s")
     t = time.perf_counter()
     plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png"); plot_masks(ev["examples"], out / "masks.png")
     rng = random.Random(seed)
     picks = [r for k in sorted({r["kind"] for r in ev["rows"]}) for r in rng.sample([r for r in ev["rows"] if r["kind"] == k], 1)]
     report = {"command": command, "metrics": ev["metrics"], "per_task": ev["per_task"], "routing": routing,
+              "metrics_pairs": ev_p["metrics"], "per_task_pairs": ev_p["per_task"],
               "targets": {k: {"op": op, "goal": g} for k, (op, g) in TARGETS.items()},
               "stage_a": sa, "stage_b": sb, "timings": timings,
               "machine": {"cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()},
               "config": cfg.to_dict(), "samples": [{k: r[k] for k in ("kind", "gold", "pred")} for r in picks]}
     timings["report"] = time.perf_counter() - t
     report["wall_time_s"] = time.perf_counter() - t_start
-    report["met"] = {k: _met(report["wall_time_s"] if k == "wall_time_s" else ev["metrics"].get(k), op, g) for k, (op, g) in TARGETS.items()}
+    for key, e in (("met", ev), ("met_pairs", ev_p)):
+        report[key] = {k: _met(report["wall_time_s"] if k == "wall_time_s" else e["metrics"].get(k), op, g) for k, (op, g) in TARGETS.items()}
     (out / "eval_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev["rows"]))
+    (out / "eval_rows_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev_p["rows"]))
     write_report(out, report)
     say(f"report: {out / 'report.md'}")
     return report
@@ -718,8 +773,9 @@ def demo_command(argv: Sequence[str]) -> int:
     cmd = "llmbind demo " + " ".join(argv)
     r = run_demo(out, steps_a=sa, steps_b=sb, nproc=a.nproc, seed=a.seed, quick=a.quick, overwrite=a.overwrite, copy_steps=a.copy_steps,
                  eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip())
-    m = r["metrics"]
-    print(f"dispatch {_fmt(m['dispatch_accuracy'])}  prompt EM {_fmt(m['prompt_exact_match'])}  referring cIoU "
-          f"{_fmt(m['referring_ciou'])}  <seg> FP on VQA {_fmt(m['seg_false_positive_vqa'])}  wall {r['wall_time_s']:.0f}s")
+    for name, m in (("test split (unseen pairs and phrasings)", r["metrics"]), ("unseen pairs, training phrasings", r["metrics_pairs"])):
+        print(f"{name}: dispatch {_fmt(m['dispatch_accuracy'])}  prompt EM {_fmt(m['prompt_exact_match'])}  referring cIoU "
+              f"{_fmt(m['referring_ciou'])}  <seg> FP on VQA {_fmt(m['seg_false_positive_vqa'])}")
+    print(f"wall time {r['wall_time_s']:.0f}s")
     print(f"report: {out / 'report.md'}")
     return 0

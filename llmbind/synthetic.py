@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_synthetic.ipynb #2ce93ba4
 from __future__ import annotations
-import functools, hashlib, json, math, random, re, time
+import contextvars, functools, hashlib, json, math, random, re, time
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
@@ -478,8 +478,10 @@ def seg_question_args(leaf: str,   # 'seg/semantic', 'seg/referring' or 'seg/rea
     return {k: split_templates(bank, split) for k, bank in SEG_BANKS[leaf].items()}
 
 # %% ../nbs/09_synthetic.ipynb #61038727
+_TEMPLATES = contextvars.ContextVar("llmbind_shapes_templates", default=None)   # set while a ShapesWorld with `templates` makes a record
+
 def _pick(rng: random.Random, bank: Sequence, split: str):
-    return rng.choice(split_templates(bank, split))
+    return rng.choice(split_templates(bank, _TEMPLATES.get() or split))
 
 def _focus(rng: random.Random, scene: Scene, split: str, exclude=()) -> Optional[int]:
     "A shape to ask about: one with a pair of this split if the scene has one (val/test), else any."
@@ -797,9 +799,11 @@ class ShapesWorld:
     image_size: int = 64                # image side in pixels (at least 32)
     kinds: tuple = SHAPES               # shape kinds (a subset of SHAPES); class index = position here
     seed: int = 0
+    templates: Optional[str] = None     # the split whose prompt templates every record uses (None: each split its own)
 
     def __post_init__(self):
         self.kinds = tuple(self.kinds)
+        if self.templates is not None: _check_split(self.templates)
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
             raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}")
         bad = [k for k in self.kinds if k not in SHAPES]
@@ -822,9 +826,12 @@ class ShapesWorld:
         "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i)."
         _check_split(split)
         rng = sample_rng(self.seed, split, leaf, i)
-        if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
-        elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
-        else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
+        token = _TEMPLATES.set(self.templates)
+        try:
+            if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
+            elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
+            else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
+        finally: _TEMPLATES.reset(token)
         return {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
 
 # %% ../nbs/09_synthetic.ipynb #4f7051ed
@@ -870,7 +877,7 @@ def _write_semantic(world, recs, split, root: Path) -> dict:
     return {"format": "ade20k", "reader": "read_semantic", "files": ["ade_shapes/classes.txt", f"ade_shapes/images/{split}",
                                                                      f"ade_shapes/annotations/{split}"],
             "args": {"root": "ade_shapes", "classes": "ade_shapes/classes.txt", "image_dir": f"images/{split}",
-                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", split)}}
+                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split)}}
 
 def _write_reasoning(world, recs, split, root: Path) -> dict:
     folder = root / "reason_seg" / split
@@ -883,7 +890,7 @@ def _write_reasoning(world, recs, split, root: Path) -> dict:
                                 "group_id": None, "points": pts}],
                     "imagePath": name, "imageHeight": sc.size, "imageWidth": sc.size}, folder / f"{r['id']}.json")
     return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"],
-            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", split)}}
+            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split)}}
 
 def _write_grounded(world, recs, split, root: Path, leaf: str) -> dict:
     task = leaf_task(leaf)
@@ -928,7 +935,7 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
                     "files": ["refshapes/refs(shapes).json", "refshapes/instances.json", "refshapes/images"],
                     "args": {"refs": "refshapes/refs(shapes).json", "instances": "refshapes/instances.json",
                              "image_dir": "refshapes/images", "split": split, "rounds_per_sample": 3,
-                             **seg_question_args("seg/referring", split)}}
+                             **seg_question_args("seg/referring", world.templates or split)}}
             for split in recs_by_split}
 
 # %% ../nbs/09_synthetic.ipynb #d0f5de47
@@ -975,11 +982,12 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
                        seed: int = 0,               # everything is a function of this seed
                        image_size: Optional[int] = None,   # default: the config's data.image_size, else 64
                        kinds: Optional[Sequence[str]] = None,  # default: the config's segment.class_names, else SHAPES
+                       templates: Optional[str] = None,    # the split whose prompt templates every record uses (None: its own)
                       ) -> dict:
     "Generate the shapes world and write every leaf in its real file format; returns (and saves) the index."
     is_cfg = isinstance(getattr(cfg_or_sizes, "data", cfg_or_sizes), DataConfig)
     world = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
-    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed)
+    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed, templates)
     sizes = resolve_sizes(cfg_or_sizes)
     out = Path(out_dir)
     _prepare_dir(out)
@@ -1004,6 +1012,7 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
         for s, e in entries[leaf].items(): e["records"] = sizes[s][leaf]
     index = {"version": INDEX_VERSION, "generator": "llmbind.synthetic", "seed": seed, "image_size": world.image_size,
              "kinds": list(world.kinds), "sizes": sizes, "leaves": entries}
+    if templates is not None: index["templates"] = templates        # only then: a usual world's files stay as they were
     _dump_json(index, out / "index.json")
     index["seconds"] = round(time.perf_counter() - t0, 2)           # not saved: the files stay byte-identical
     return index
@@ -1040,17 +1049,17 @@ def load_shapes_world(out_dir,                          # a folder written by wr
     return result
 
 def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Optional[int] = None,
-                        kinds: Optional[Sequence[str]] = None) -> dict:
-    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size and kinds)."
+                        kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None) -> dict:
+    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds and templates)."
     out = Path(out_dir)
     try: old = _read_index(out)
     except (FileNotFoundError, ValueError): old = None
     is_cfg = isinstance(getattr(cfg_or_sizes, "data", cfg_or_sizes), DataConfig)
     w = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
     want = {"seed": seed, "image_size": image_size or w.image_size, "kinds": list(kinds or w.kinds),
-            "sizes": resolve_sizes(cfg_or_sizes)}
+            "sizes": resolve_sizes(cfg_or_sizes), "templates": templates}
     if old is not None and all(old.get(k) == v for k, v in want.items()): return old
-    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds)
+    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds, templates)
 
 def tree_digest(folder) -> str:
     "SHA-256 over every file's relative path and bytes, in sorted order."

@@ -10,16 +10,20 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert rc == 0
     r = json.loads((out / "report.json").read_text())
     for k in ("dispatch_accuracy", "prompt_exact_match", "referring_ciou", "seg_false_positive_vqa"):
-        assert k in r["metrics"]
+        assert k in r["metrics"] and k in r["metrics_pairs"]                # the test split, and its pairs in training phrasings
+    assert set(r["met"]) == set(r["met_pairs"]) and r["config"]["llm"]["tokenizer_path"] == str((out / "tokenizer").resolve())
+    assert json.loads((out / "data_pairs" / "index.json").read_text())["templates"] == "train"
     assert r["stage_a"]["steps"] == 5 and r["stage_a"]["copy_steps"] == 2 and r["stage_b"]["step"] == 3
     last = json.loads((out / "stage_a" / "metrics.jsonl").read_text().splitlines()[-1])   # 2 copy steps, then the mixture
     assert last["phase"] == "mixture" and last["step"] == 5 and r["stage_b"]["world_size"] == 2
-    for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json"):
+    for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json",
+              "tokenizer/tokenizer.json", "eval_rows_pairs.jsonl", "model/config.json", "model/tokenizer/tokenizer.json"):
         assert (out / f).is_file(), f
     recs = [json.loads(l) for l in (out / "stage_b" / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in recs if x["kind"] == "train"]
     assert train and any(k.startswith("routing/L0.") for k in train[-1]) and any(k.startswith("loss/ar/") for k in train[-1])
-    assert "dispatch" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "test split (unseen pairs and phrasings): dispatch" in printed and "unseen pairs, training phrasings: dispatch" in printed
     # `llmbind train` trains the real model on the demo's world and base: its stage-B config, other settings
     more = tmp_path / "more"
     assert cli_main(["train", "--config", str(out / "stage_b" / "config.json"), "--steps", "2", "--nproc", "1",
@@ -29,6 +33,9 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     recs = [json.loads(l) for l in (more / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
     assert any(k.startswith("loss/ar/") for k in recs[-1]) and any(k.startswith("routing/L") for k in recs[-1])
     capsys.readouterr()
+    # `llmbind eval` finds the demo's saved model, and scores it on the test split in training phrasings
+    assert cli_main(["eval", "--run", str(out), "--data", str(out / "data_pairs"), "--limit", "1", "--quiet", "--no-forced"]) == 0
+    assert (out / "eval_test.json").is_file() and "llmbind eval: test split" in capsys.readouterr().out
     # a data folder without a shapes world is one clear line
     (tmp_path / "empty").mkdir()
     assert cli_main(["train", "--set", f"data.data_dir={tmp_path / 'empty'}", "--out", str(tmp_path / "x")]) == 2

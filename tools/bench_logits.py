@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     a = p.parse_args(argv)
     import torch
-    from llmbind.demo import demo_config, demo_sizes, DemoData, STAGE_A_MIX
+    from llmbind.demo import demo_config, demo_sizes, DemoData, STAGE_A_MIX, train_demo_tokenizer
     from llmbind.model import LLMBindForCausalLM
     from llmbind.synthetic import ensure_shapes_world
     torch.set_num_threads(a.threads)
@@ -32,6 +32,7 @@ def main(argv=None) -> int:
     data_dir = a.data or str(Path(tmp.name) / "data")
     if a.data is None:
         ensure_shapes_world(data_dir, demo_sizes(quick=True), seed=0, image_size=cfg.data.image_size, kinds=cfg.segment.class_names)
+    train_demo_tokenizer(data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size)       # the demo's tokenizer, learnt from that world
     cfg = cfg.override("moe.enabled=false", "llm.pretrained_path=null", f"data.data_dir={data_dir}")
     model = LLMBindForCausalLM.from_config(cfg, seed=0)
     model.requires_grad_(False); model.llm.requires_grad_(True); model.projector.requires_grad_(True); model.train()
