@@ -84,24 +84,13 @@ def train_demo_tokenizer(data_dir,                # a shapes world (written by `
                          split: str = "train",    # the split whose dialogues it learns from (never the test split)
                          seed: int = 0):
     "A byte-level BPE tokenizer like `tiny_tokenizer` (same specials, chat template and size), learnt from the dialogues of `split` as stage A sees them."
-    from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
-    from transformers import PreTrainedTokenizerFast
-    from llmbind.tokens import tiny_corpus, VICUNA_CHAT_TEMPLATE
+    from llmbind.tokens import tiny_corpus, train_bpe_tokenizer
     if split == "test": raise ValueError("the demo tokenizer must not learn from the test split")
     world = load_shapes_world(data_dir, split, seed=seed)
     lines = [format_vicuna([{"role": "system", "content": SYSTEM}] + [dict(m, content=strip_tags(m["content"])) for m in s.load().messages])
              for ss in world.values() for s in ss]
     if not lines: raise ValueError(f"no dialogues in the {split} split of {data_dir}; write the shapes world first")
-    bpe = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
-                                  special_tokens=["<unk>", "<s>", "</s>", "<pad>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator(lines + tiny_corpus(seed=seed), trainer=trainer)    # + general words, for the copy dialogues
-    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
-                                  model_max_length=10**9, padding_side="right", clean_up_tokenization_spaces=False)
-    tok.chat_template = VICUNA_CHAT_TEMPLATE
+    tok = train_bpe_tokenizer(lines + tiny_corpus(seed=seed), vocab_size, model_max_length=10**9)   # + general words, for the copy dialogues
     tok.save_pretrained(str(path))
     return tok
 

@@ -13,8 +13,8 @@ from torch import nn
 # %% auto #0
 __all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'VICUNA_SYSTEM', 'ROLES', 'VICUNA_CHAT_TEMPLATE', 'TaskToken',
            'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse', 'parse_response',
-           'format_vicuna', 'tiny_corpus', 'tiny_tokenizer', 'add_task_tokens', 'tiny_llama', 'train_only_rows',
-           'train_only_new_token_rows']
+           'format_vicuna', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer', 'add_task_tokens', 'tiny_llama',
+           'train_only_rows', 'train_only_new_token_rows']
 
 # %% ../nbs/01_tokens.ipynb #1fa54f39
 @dataclass(frozen=True)
@@ -202,8 +202,8 @@ def tiny_corpus(n: int = 4000, seed: int = 0) -> list[str]:
         lines.append(s + rng.choice([".", "?", "!", ",", ""]))
     return lines
 
-@functools.lru_cache(maxsize=4)
-def _tiny_tokenizer_json(vocab_size: int) -> str:
+def _bpe_json(lines, vocab_size: int) -> str:
+    "tokenizer.json text of a byte-level BPE with LLaMA-style specials, learnt from `lines`."
     from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
     tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -211,20 +211,34 @@ def _tiny_tokenizer_json(vocab_size: int) -> str:
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
                                   special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(tiny_corpus(), trainer=trainer)
+    tok.train_from_iterator(lines, trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])
     return tok.to_str()
 
-def tiny_tokenizer(vocab_size: int = 768, model_max_length: int = 512):
-    "A byte-level BPE tokenizer trained offline (deterministic), with LLaMA-style specials and the Vicuna v1 chat template."
+@functools.lru_cache(maxsize=4)
+def _tiny_tokenizer_json(vocab_size: int) -> str: return _bpe_json(tiny_corpus(), vocab_size)
+
+def _fast_tokenizer(tokenizer_json: str, model_max_length: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
-    if vocab_size < 256 + 4: raise ValueError("vocab_size must be at least 260 (256 bytes + 4 special tokens)")
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json(vocab_size)),
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tokenizer_json),
                                   bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
                                   model_max_length=model_max_length, padding_side="right", clean_up_tokenization_spaces=False)
     tok.chat_template = VICUNA_CHAT_TEMPLATE
     return tok
+
+def _check_vocab(vocab_size: int):
+    if vocab_size < 256 + 4: raise ValueError("vocab_size must be at least 260 (256 bytes + 4 special tokens)")
+
+def tiny_tokenizer(vocab_size: int = 768, model_max_length: int = 512):
+    "A byte-level BPE tokenizer trained offline (deterministic), with LLaMA-style specials and the Vicuna v1 chat template."
+    _check_vocab(vocab_size)
+    return _fast_tokenizer(_tiny_tokenizer_json(vocab_size), model_max_length)
+
+def train_bpe_tokenizer(lines, vocab_size: int = 768, model_max_length: int = 512):
+    "A tokenizer like `tiny_tokenizer` (same specials, ids 0-3, chat template) learnt from your own `lines` of text."
+    _check_vocab(vocab_size)
+    return _fast_tokenizer(_bpe_json(list(lines), vocab_size), model_max_length)
 
 # %% ../nbs/01_tokens.ipynb #4f81a258
 from transformers import AddedToken
