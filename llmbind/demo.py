@@ -455,7 +455,7 @@ PROMPT_TASKS = ("gen", "edit", "audio", "video")
 def _norm(s: Optional[str]) -> str: return " ".join((s or "").split())
 
 EVAL_PER_LEAF = {"seg/semantic": 8, "seg/referring": 40, "seg/reasoning": 8, "vqa": 24, "interactive/image_gen": 16,
-                 "interactive/image_edit": 16, "interactive/audio": 16, "interactive/video": 16, "det": 6, "cls": 6}
+                 "interactive/image_edit": 16, "interactive/audio": 16, "interactive/video": 16, "det": 12, "cls": 12}
 
 def eval_turns(samples: dict, max_per_leaf=None) -> list:
     "Every assistant turn of the test samples as (leaf, sample, turn index, gold answer, seg index)."
@@ -540,6 +540,13 @@ def routing_by_task(model, cfg: LLMBindConfig, samples: dict, per_leaf: int = 8)
         o = model(**{k: v for k, v in b.items() if k not in ("sources", "truncated", "dropped")})
         out[leaf.split("/")[-1]] = {_short(n): st.load.tolist() for n, st in routing_stats(model.llm, o.attention_mask.bool()).items()}
     return out
+
+def _eval_process(cfg_dict: dict, weights: str, data_dir: str, seed: int, max_per_leaf, path: str):
+    "Body of `run_demo`'s second evaluation process: scores the test split of `data_dir` and writes metrics, per-task results and rows to `path` (JSON)."
+    torch.set_num_threads(1)
+    model = model_fn(LLMBindConfig.from_dict(cfg_dict), weights=weights)
+    ev = evaluate_demo(model, load_shapes_world(data_dir, "test", seed=seed), max_per_leaf=max_per_leaf)
+    Path(path).write_text(json.dumps({k: ev[k] for k in ("metrics", "per_task", "rows")}))
 
 # %% ../nbs/11a_demo.ipynb #17ab2b6f
 TARGETS = {"dispatch_accuracy": (">=", 0.98), "prompt_exact_match": (">=", 0.90), "referring_ciou": (">=", 0.5),
@@ -710,12 +717,23 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     timings["stage_b"] = time.perf_counter() - t; say(f"stage B: {sb['step']} steps in {timings['stage_b']:.0f}s")
     t = time.perf_counter()
     torch.set_num_threads(1)
-    model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
+    weights = str(out / "stage_b" / "model.safetensors")
+    # the second test set is evaluated in a second process meanwhile (one thread each, the two cores both busy)
+    import multiprocessing as mp
+    import importlib
+    target = importlib.import_module("llmbind.demo")._eval_process       # by module, so a spawned process can import it
+    pairs_json = out / "eval_pairs.json"
+    job = mp.get_context("spawn").Process(target=target, args=(cfg.to_dict(), weights, str(out / "data_pairs"), seed, eval_per_leaf,
+                                                                str(pairs_json)))
+    job.start()
+    model = model_fn(cfg, weights=weights)
     test = load_shapes_world(cfg.data.data_dir, "test", seed=seed)
     ev = evaluate_demo(model, test, max_per_leaf=eval_per_leaf, progress=progress)
-    ev_p = evaluate_demo(model, load_shapes_world(out / "data_pairs", "test", seed=seed), max_per_leaf=eval_per_leaf, progress=progress)
     routing = routing_by_task(model, cfg, test)
     model.save_pretrained(out / "model")              # what `llmbind eval --run RUN` and `LLMBindForCausalLM.from_pretrained` read
+    job.join()
+    if job.exitcode != 0: raise RuntimeError(f"the evaluation process of {out / 'data_pairs'} failed (exit status {job.exitcode})")
+    ev_p = json.loads(pairs_json.read_text()); pairs_json.unlink()
     timings["evaluation"] = time.perf_counter() - t; say(f"evaluated {len(ev['rows'])} test turns in {timings['evaluation']:.0f}s")
     t = time.perf_counter()
     plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png"); plot_masks(ev["examples"], out / "masks.png")
