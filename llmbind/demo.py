@@ -726,11 +726,15 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     job = mp.get_context("spawn").Process(target=target, args=(cfg.to_dict(), weights, str(out / "data_pairs"), seed, eval_per_leaf,
                                                                 str(pairs_json)))
     job.start()
-    model = model_fn(cfg, weights=weights)
-    test = load_shapes_world(cfg.data.data_dir, "test", seed=seed)
-    ev = evaluate_demo(model, test, max_per_leaf=eval_per_leaf, progress=progress)
-    routing = routing_by_task(model, cfg, test)
-    model.save_pretrained(out / "model")              # what `llmbind eval --run RUN` and `LLMBindForCausalLM.from_pretrained` read
+    try:
+        model = model_fn(cfg, weights=weights)
+        test = load_shapes_world(cfg.data.data_dir, "test", seed=seed)
+        ev = evaluate_demo(model, test, max_per_leaf=eval_per_leaf, progress=progress)
+        routing = routing_by_task(model, cfg, test)
+        model.save_pretrained(out / "model")          # what `llmbind eval --run RUN` and `LLMBindForCausalLM.from_pretrained` read
+    except BaseException:
+        job.terminate(); job.join()                   # no orphan evaluating on when this one failed or was interrupted
+        raise
     job.join()
     if job.exitcode != 0: raise RuntimeError(f"the evaluation process of {out / 'data_pairs'} failed (exit status {job.exitcode})")
     ev_p = json.loads(pairs_json.read_text()); pairs_json.unlink()

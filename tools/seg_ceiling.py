@@ -105,17 +105,15 @@ def main(argv=None):
     size = cfg.segment.image_size
     fcs, sam = copy.deepcopy(model.segment.text_hidden_fcs), copy.deepcopy(model.segment.sam)
     print(f"the run as it is: referring cIoU training {ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f}")
-    dec = sam.mask_decoder
-    skip = ("iou_prediction_head", "output_hypernetworks_mlps.1", "output_hypernetworks_mlps.2", "output_hypernetworks_mlps.3")
-    params = list(fcs.parameters()) + [p for n, p in dec.named_parameters() if not n.startswith(skip)]
-    for p in params: p.requires_grad_(True)
+    # what stage B trains of the mask side (the model's freezing policy, kept by the copies)
+    params = [p for p in (*fcs.parameters(), *sam.mask_decoder.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     S, E, M, _ = train
     g = torch.Generator().manual_seed(0)
     for step in range(1, a.steps + 1):
         i = torch.randint(0, len(S), (a.batch,), generator=g)
         pred = masks(fcs, sam, S[i], E[i], M[i], size)
-        loss = 2.0 * sigmoid_bce_loss(pred, M[i], a.batch) + 0.5 * dice_loss(pred, M[i], a.batch)
+        loss = cfg.loss.bce_weight * sigmoid_bce_loss(pred, M[i], a.batch) + cfg.loss.dice_weight * dice_loss(pred, M[i], a.batch)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
         if step % 300 == 0 or step == a.steps:
             print(f"mask side alone, step {step} ({step * a.batch} expressions): referring cIoU training "
