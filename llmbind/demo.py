@@ -343,7 +343,7 @@ def _point_pairs(data_dir, split: str, max_images: int, seed: int) -> tuple[list
 
 def _point_batch(sam, S, pixels, pairs, pick, rng, encoder_grad: bool):
     "Mask logits (B, H, W) for one random point inside each picked mask, and the masks."
-    from llmbind.segment import _masks_paired
+    from llmbind.segment import _masks_paired, dense_pe
     gt = torch.from_numpy(np.stack([pairs[i][1] for i in pick])).float()              # (B, H, W)
     pts = []
     for i in pick:
@@ -353,7 +353,7 @@ def _point_batch(sam, S, pixels, pairs, pick, rng, encoder_grad: bool):
     coords = torch.tensor(pts, dtype=torch.float32).unsqueeze(1)                    # (B, 1, 2)
     with torch.no_grad():
         sparse, dense = sam.prompt_encoder(points=(coords, torch.ones(len(pick), 1, dtype=torch.int)), boxes=None, masks=None)
-        image_pe = sam.prompt_encoder.get_dense_pe()                                 # (1, c, h, w)
+        image_pe = dense_pe(sam.prompt_encoder)                                      # (1, c, h, w)
     owner = [pairs[i][0] for i in pick]
     uniq = sorted(set(owner)); at = {u: j for j, u in enumerate(uniq)}
     with torch.set_grad_enabled(encoder_grad):

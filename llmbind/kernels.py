@@ -178,7 +178,7 @@ def _triton_mm_kernel(interpret: bool):
 
         @triton.jit
         def mm_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn, alpha,
-                      ACCUMULATE: tl.constexpr, UPCAST: tl.constexpr,
+                      ACCUMULATE: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
             pid_m = tl.program_id(0)
             pid_n = tl.program_id(1)
@@ -196,7 +196,10 @@ def _triton_mm_kernel(interpret: bool):
                 if UPCAST:
                     a = a.to(tl.float32)
                     b = b.to(tl.float32)
-                acc += tl.dot(a, b)
+                if IEEE:                           # fp32: exact fp32 products, not TF32 (Triton's default on GPUs)
+                    acc += tl.dot(a, b, input_precision="ieee")
+                else:
+                    acc += tl.dot(a, b)
             acc = acc * alpha
             c_ptrs = c_ptr + rm[:, None] * s_cm + rn[None, :] * s_cn
             c_mask = (rm[:, None] < M) & (rn[None, :] < N)
@@ -227,7 +230,7 @@ def triton_mm(a: torch.Tensor,                      # (M, K), any strides
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
     kernel[grid](a, b, out, M, N, K, a.stride(0), a.stride(1), b.stride(0), b.stride(1),
                  out.stride(0), out.stride(1), float(alpha), ACCUMULATE=accumulate,
-                 UPCAST=interpret and a.dtype != torch.float32, BM=BM, BN=BN, BK=BK)
+                 UPCAST=interpret and a.dtype != torch.float32, IEEE=a.dtype == torch.float32, BM=BM, BN=BN, BK=BK)
     return out
 
 # %% ../nbs/03_moe_kernels.ipynb #7b53c4d1
@@ -355,6 +358,7 @@ def bench_command(argv=None) -> int:
     ap.add_argument("--experts", type=int, default=4)
     ap.add_argument("--top-k", type=int, default=2)
     ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=None, help="calls per timing (default: 10 on a GPU, 1 on a CPU)")
     ap.add_argument("--out", default=None, help="also write the markdown to this file")
     a = ap.parse_args(list(argv) if argv is not None else None)
     from llmbind.config import ConfigError      # the CLI prints these as one-line errors
@@ -371,11 +375,12 @@ def bench_command(argv=None) -> int:
     for shape in a.shapes.split(","):
         d_in, d_out = map(int, shape.lower().split("x"))
         df = bench_lora_moe(d_in, d_out, a.tokens, impls, a.experts, a.top_k, a.rank, 16, getattr(torch, a.dtype), a.device,
-                            a.rounds, a.threads, passes=tuple(p for p, _ in passes))
+                            a.rounds, a.threads, passes=tuple(p for p, _ in passes), repeat=a.repeat)
         for name, r in df.iterrows():
             row = {"shape": f"{d_in}→{d_out}", "T": a.tokens, "layer": name}
             for p, short in passes:
-                row[f"{short} ms (x base)"] = f"{r[(p, 'ms')]:.1f} ({r[(p, 'x base')]:.3f})"
+                ms = r[(p, 'ms')]
+                row[f"{short} ms (x base)"] = f"{ms:.1f} ({r[(p, 'x base')]:.3f})" if ms >= 10 else f"{ms:.3g} ({r[(p, 'x base')]:.3f})"
             if "forward+backward" in df.columns.get_level_values(0):
                 p, ad = "forward+backward", f"adapter only: {name.removeprefix('LoRA-MoE ')}"
                 row.update({"fwd+bwd x base, fastest runs": f"{r[(p, 'x base (min)')]:.3f}",

@@ -265,6 +265,8 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
                    threads: Optional[int] = None,           # torch CPU threads for the run (None: leave as is)
                    adapter_only: bool = True,               # also time each layer with its base matmul removed
                    passes: tuple = ("forward (no grad)", "forward", "forward+backward"),  # which passes to time
+                   repeat: Optional[int] = None,            # calls per timing (None: 10 on a GPU, where one call is
+                                                            # microseconds and launch-bound, else 1); times are per call
                    seed: int = 0):
     "Median wall times (ms) and per-round ratios (wall and CPU time) to the frozen base Linear, per pass."
     import pandas as pd
@@ -280,7 +282,9 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
             layers[impl] = l
         x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
         gout = torch.randn(tokens, d_out, device=device, dtype=dtype)
-        sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+        on_gpu = str(device).startswith("cuda")
+        sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+        n = repeat or (10 if on_gpu else 1)
         mods = {"base Linear": base, **{f"LoRA-MoE {k}": v for k, v in layers.items()}}
         if adapter_only:
             for impl in impls:
@@ -289,18 +293,23 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
                 mods[f"adapter only: {impl}"] = l
         def fwd(m):
             def f():
-                with torch.no_grad(): m(x)
+                with torch.no_grad():
+                    for _ in range(n): m(x)
                 sync()
             return f
         def fwd_train(m):
-            def f(): m(x); sync()
+            def f():
+                for _ in range(n): m(x)
+                sync()
             return f
         def fwd_bwd(m):
             params = [p for p in m.parameters() if p.requires_grad]
             def f():
-                x.grad = None
-                for p in params: p.grad = None
-                m(x).backward(gout); sync()
+                for _ in range(n):
+                    x.grad = None
+                    for p in params: p.grad = None
+                    m(x).backward(gout)
+                sync()
             return f
         makers = {"forward (no grad)": fwd, "forward": fwd_train, "forward+backward": fwd_bwd}
         unknown = set(passes) - set(makers)
@@ -309,7 +318,7 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
         for label in passes:
             make = makers[label]
             df = kernels.time_paired({k: make(m) for k, m in mods.items()}, baseline="base Linear", rounds=rounds)
-            res[(label, "ms")] = df["median_ms"].round(1)
+            res[(label, "ms")] = (df["median_ms"] / n).round(1 if not on_gpu else 4)
             res[(label, "x base")] = df["ratio"].round(3)
             res[(label, "x base (min)")] = df["min_ratio"].round(3)
             res[(label, "x base (CPU time)")] = df["cpu_ratio"].round(3)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_segment.ipynb #ed492a29
 from __future__ import annotations
-import pickle
+import math, pickle
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
@@ -19,8 +19,8 @@ from .vision import to_rgb_array, ImageError, _as_list
 # %% auto #0
 __all__ = ['SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'load_sam_state_dict', 'load_sam_checkpoint', 'freeze_sam', 'build_sam', 'SamBatch',
            'SamPreprocessor', 'preprocess_for_sam', 'find_embedding_positions', 'gather_embedding_states',
-           'TextToPrompt', 'decode_masks', 'BoxHead', 'box_loss_terms', 'box_loss', 'ClassHead', 'class_loss',
-           'SegmentationModule']
+           'TextToPrompt', 'dense_pe', 'decode_masks', 'BoxHead', 'box_loss_terms', 'box_loss', 'ClassHead',
+           'class_loss', 'SegmentationModule']
 
 # %% ../nbs/05_segment.ipynb #d8dee925
 def _decoder_heads(dim: int) -> int:
@@ -185,6 +185,17 @@ def _masks_paired(decoder, src, image_pe, sparse, dense) -> torch.Tensor:
     b, c, h, w = up.shape
     return (hyper.unsqueeze(1) @ up.view(b, c, h * w)).view(b, 1, h, w)
 
+def dense_pe(prompt_encoder) -> torch.Tensor:
+    "SAM's dense positional encoding `(1, c, h, w)`, computed in fp32 whatever the dtype of the module (bf16 on GPUs)."
+    # segment-anything's own `get_dense_pe` multiplies an fp32 grid by the Gaussian matrix buffer, which fails once
+    # the model is cast to bf16 (as DeepSpeed's bf16 mode does); the buffer is upcast here instead
+    G = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.float()      # (2, c/2)
+    h, w = prompt_encoder.image_embedding_size
+    grid = torch.ones((h, w), device=G.device, dtype=torch.float32)
+    xy = torch.stack([(grid.cumsum(1) - 0.5) / w, (grid.cumsum(0) - 0.5) / h], dim=-1)  # (h, w, 2) in [0, 1]
+    coords = 2 * math.pi * ((2 * xy - 1) @ G)
+    return torch.cat([coords.sin(), coords.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
+
 def decode_masks(sam,                            # a segment-anything Sam
                  image_embeddings: torch.Tensor, # (N, c, h, w) from sam.image_encoder
                  prompt_embeddings: Sequence[torch.Tensor],  # N tensors (n_i, c): the projected `<seg>` states per image
@@ -201,7 +212,7 @@ def decode_masks(sam,                            # a segment-anything Sam
         if p.ndim != 2 or p.shape[-1] != c:
             raise ValueError(f"prompt embeddings of image {i} have shape {tuple(p.shape)}; expected (n, {c}) "
                              "(project the hidden states with TextToPrompt first)")
-    image_pe = sam.prompt_encoder.get_dense_pe().to(dt)                             # (1, c, h, w)
+    image_pe = dense_pe(sam.prompt_encoder).to(dt)                                  # (1, c, h, w)
     sparse0, dense = sam.prompt_encoder(points=None, boxes=None, masks=None)        # (1, 0, c), (1, c, h, w)
     sparse0, dense = sparse0.to(image_embeddings.device, dt), dense.to(dt)
     def prompts(p): return torch.cat([sparse0.expand(p.shape[0], -1, -1), p.to(dt).unsqueeze(1)], dim=1)  # (n, 1, c)

@@ -163,3 +163,19 @@ def test_paper_7b_meta_tables():
     assert rows.loc["embed_tokens", "trainable"] == 12 * 4096
     assert 0.02 < full.loc["all", "share"] < 0.08
     assert rows.loc["all", "share"] < 0.02
+
+
+def test_bf16_model_trains_every_head():
+    # DeepSpeed's bf16 mode casts the whole model, buffers included (SAM's positional-encoding matrix among
+    # them); every head must still run, and the loss must match fp32 to bf16 precision
+    batch32 = collate(LLMBindForCausalLM.from_config(CFG), samples())
+    ref = LLMBindForCausalLM.from_config(CFG, seed=2)(**batch32).terms["total"]
+    model = LLMBindForCausalLM.from_config(CFG.override("dtype=bfloat16"), seed=2)
+    assert model.dtype == torch.bfloat16
+    assert model.segment.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.bfloat16
+    out = model(**collate(model, samples()))
+    assert out.terms["total"] == pytest.approx(ref, rel=2e-2)
+    assert out.pred_masks[2].dtype == torch.bfloat16 and out.pred_masks[2].shape == (1, 40, 90)
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g.float()).all() for g in grads)
