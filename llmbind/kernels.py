@@ -380,7 +380,7 @@ def bench_command(argv=None) -> int:
             row = {"shape": f"{d_in}→{d_out}", "T": a.tokens, "layer": name}
             for p, short in passes:
                 ms = r[(p, 'ms')]
-                row[f"{short} ms (x base)"] = f"{ms:.1f} ({r[(p, 'x base')]:.3f})" if ms >= 10 else f"{ms:.3g} ({r[(p, 'x base')]:.3f})"
+                row[f"{short} ms (x base)"] = (f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}") + f" ({r[(p, 'x base')]:.3f})"
             if "forward+backward" in df.columns.get_level_values(0):
                 p, ad = "forward+backward", f"adapter only: {name.removeprefix('LoRA-MoE ')}"
                 row.update({"fwd+bwd x base, fastest runs": f"{r[(p, 'x base (min)')]:.3f}",

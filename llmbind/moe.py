@@ -318,7 +318,7 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
         for label in passes:
             make = makers[label]
             df = kernels.time_paired({k: make(m) for k, m in mods.items()}, baseline="base Linear", rounds=rounds)
-            res[(label, "ms")] = (df["median_ms"] / n).round(1 if not on_gpu else 4)
+            res[(label, "ms")] = (df["median_ms"] / n).round(4 if on_gpu else 1)
             res[(label, "x base")] = df["ratio"].round(3)
             res[(label, "x base (min)")] = df["min_ratio"].round(3)
             res[(label, "x base (CPU time)")] = df["cpu_ratio"].round(3)

@@ -168,8 +168,8 @@ def test_paper_7b_meta_tables():
 def test_bf16_model_trains_every_head():
     # DeepSpeed's bf16 mode casts the whole model, buffers included (SAM's positional-encoding matrix among
     # them); every head must still run, and the loss must match fp32 to bf16 precision
-    batch32 = collate(LLMBindForCausalLM.from_config(CFG), samples())
-    ref = LLMBindForCausalLM.from_config(CFG, seed=2)(**batch32).terms["total"]
+    fp32 = LLMBindForCausalLM.from_config(CFG, seed=2)
+    ref = fp32(**collate(fp32, samples())).terms["total"]
     model = LLMBindForCausalLM.from_config(CFG.override("dtype=bfloat16"), seed=2)
     assert model.dtype == torch.bfloat16
     assert model.segment.sam.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix.dtype == torch.bfloat16
