@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 # %% auto #0
-__all__ = ['ConfigError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig', 'paper_mixture',
-           'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig', 'LLMBindConfig']
+__all__ = ['ConfigError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig', 'paper_datasets',
+           'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig', 'LLMBindConfig']
 
 # %% ../nbs/00_config.ipynb #200bdec0
 class ConfigError(ValueError):
@@ -146,8 +146,9 @@ class VisionConfig(ConfigBase):
 @dataclass
 class LLMConfig(ConfigBase):
     "The decoder-only language model (LLaMA / Vicuna) and its tokenizer."
-    pretrained_path: Optional[str] = None  # local folder of a LlamaForCausalLM (e.g. vicuna-7b-v1.5); None = random tiny
-    tokenizer_path: Optional[str] = None   # local tokenizer folder; None = the llmbind tiny offline tokenizer
+    pretrained_path: Optional[str] = None  # local folder: an original LLaVA (LlamaForCausalLM + mm_projector), a llava-hf
+                                           # (LlavaForConditionalGeneration) or a Vicuna/LLaMA folder; None = random tiny
+    tokenizer_path: Optional[str] = None   # local tokenizer folder; None = pretrained_path's own tokenizer (tiny offline without one)
     vocab_size: int = 32000                # base vocabulary, before task tokens are added
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -253,6 +254,16 @@ class LossConfig(ConfigBase):
         return self
 
 # %% ../nbs/00_config.ipynb #869a7c9f
+def paper_datasets() -> dict:
+    "LISA's datasets (ADE20K, COCO-Stuff, PACO-LVIS, PASCAL-Part; refCOCO/+/g, refCLEF; ReasonSeg; LLaVA-Instruct) and LLMBind's dialogues, per mixture leaf, equally weighted inside a leaf as LISA samples them."
+    one = lambda *names: [{"reader": n, "weight": 1.0} for n in names]
+    return {"seg/semantic": one("ade20k", "cocostuff", "paco_lvis", "pascal_part"),
+            "seg/referring": one("refcoco", "refcoco+", "refcocog", "refclef"),
+            "seg/reasoning": one("reason_seg"),
+            "vqa": one("llava_instruct"),
+            "interactive/image_gen": one("llmbind_image_gen"), "interactive/image_edit": one("llmbind_image_edit"),
+            "interactive/audio": one("llmbind_audio"), "interactive/video": one("llmbind_video")}
+
 def paper_mixture() -> dict:
     "The paper's data ratios (section 4.1) as a mixture tree."
     return {"seg": {"weight": 1.0, "children": {"semantic": 9.0, "referring": 3.0, "reasoning": 1.0}},
@@ -273,6 +284,25 @@ def _check_mix(node, path: str):
             raise ConfigError(f"{path}: all children have weight 0")
     else:
         if not (node >= 0) or node == float("inf"): raise ConfigError(f"{path}: mixture weight must be finite and >= 0, got {node}")
+
+def _check_datasets(datasets, mix: dict, path: str):
+    "Each key a leaf of `mix`; each value a non-empty list of {'reader': str, 'weight': w >= 0, ...} with some weight > 0."
+    if not isinstance(datasets, dict): raise ConfigError(f"{path}: must map mixture leaves to lists of datasets")
+    leaves = set(mixture_leaf_probs(mix))
+    for leaf, specs in datasets.items():
+        if leaf not in leaves:
+            close = difflib.get_close_matches(str(leaf), sorted(leaves), n=1)
+            raise ConfigError(f"{path}: '{leaf}' is not a leaf of data.mix (leaves: {', '.join(sorted(leaves))})"
+                              + (f"; did you mean '{close[0]}'?" if close else ""))
+        if not isinstance(specs, list) or not specs:
+            raise ConfigError(f"{path}.{leaf}: a non-empty list of datasets, each {{'reader': name, 'weight': w}}")
+        for i, s in enumerate(specs):
+            if not isinstance(s, dict) or not isinstance(s.get("reader"), str) or not s["reader"]:
+                raise ConfigError(f"{path}.{leaf}[{i}]: a dataset is {{'reader': name, 'weight': w, ...}}, got {s!r}")
+            w = s.get("weight", 1.0)
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < float("inf")):
+                raise ConfigError(f"{path}.{leaf}[{i}].weight: must be a finite number >= 0, got {w!r}")
+        if sum(float(s.get("weight", 1.0)) for s in specs) <= 0: raise ConfigError(f"{path}.{leaf}: all datasets have weight 0")
 
 def _node_weight(node) -> float:
     return float(node.get("weight", 1.0)) if isinstance(node, dict) else float(node)
@@ -300,11 +330,14 @@ class DataConfig(ConfigBase):
     synthetic_train_size: int = 2000       # shapes-world samples per leaf and split
     synthetic_eval_size: int = 200
     image_size: int = 224                  # images are resized for CLIP to this size (vision.image_size)
-    num_workers: int = 0
+    num_workers: int = 0                   # DataLoader worker processes per rank that read and collate samples
+    datasets: dict = field(default_factory=dict)  # {leaf: [{"reader": name, "weight": w, ...reader options}, ...]}: the
+                                           # real datasets of each mixture leaf, under data_dir; empty = the shapes world
 
     def validate(self, path="data"):
         super().validate(path)
         _check_mix({"weight": 1.0, "children": self.mix}, f"{path}.mix")
+        _check_datasets(self.datasets, self.mix, f"{path}.datasets")
         _need(self.synthetic_train_size > 0 and self.synthetic_eval_size > 0, path, "synthetic sizes must be positive")
         _need(self.num_workers >= 0, f"{path}.num_workers", "cannot be negative")
         return self
@@ -384,6 +417,7 @@ class LLMBindConfig(ConfigBase):
     generators: GeneratorsConfig = field(default_factory=GeneratorsConfig)
     device: str = "auto"                   # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                    # model dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
+    strict_load: bool = True               # a missing or unexpected weight in a loaded checkpoint is an error (False: a warning)
 
     def validate(self, path=""):
         super().validate(path)
@@ -412,16 +446,18 @@ class LLMBindConfig(ConfigBase):
             device="cpu", dtype="float32").validate()
 
     @classmethod
-    def paper_7b(cls, checkpoints_dir: Optional[str] = None) -> "LLMBindConfig":
-        "The paper's setting; with `checkpoints_dir`, the usual sub-folder names are filled in (nothing is checked or downloaded)."
-        def p(name): return str(Path(checkpoints_dir) / name) if checkpoints_dir else None
+    def paper_7b(cls, checkpoints_dir: Optional[str] = None,   # folder holding the checkpoints under their usual names
+                 data_root: Optional[str] = None,              # folder holding the datasets in LISA's layout
+                ) -> "LLMBindConfig":
+        "The paper's setting: LLaVA-7B (LISA's LLaVA-Lightning-7B-v1-1), CLIP ViT-L/14, SAM ViT-H; folders filled in when given (nothing is checked or downloaded)."
+        def p(name): return str(Path(checkpoints_dir).expanduser() / name) if checkpoints_dir else None
         return cls(preset="paper_7b",
-            vision=VisionConfig(pretrained_path=p("clip-vit-large-patch14")),
-            llm=LLMConfig(pretrained_path=p("vicuna-7b-v1.5"), tokenizer_path=p("vicuna-7b-v1.5")),
+            vision=VisionConfig(pretrained_path=p("clip-vit-large-patch14"), projector="linear"),
+            llm=LLMConfig(pretrained_path=p("LLaVA-Lightning-7B-v1-1")),
             moe=MoEConfig(),
             segment=SegmentConfig(sam_type="vit_h", checkpoint=p("sam_vit_h_4b8939.pth"),
                                   class_names=[]),
-            data=DataConfig(data_dir=p("dataset")),
+            data=DataConfig(data_dir=str(Path(data_root).expanduser()) if data_root else None, datasets=paper_datasets()),
             train=TrainConfig(nproc=8, output_dir="runs/paper_7b"),
             generators=GeneratorsConfig(image_gen_path=p("stable-diffusion-v1-5"), image_edit_path=p("instruct-pix2pix"),
                                         video_path=p("text-to-video-ms-1.7b"), audio_path=p("audioldm-s-full-v2")),
