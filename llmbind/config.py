@@ -362,6 +362,8 @@ class TrainConfig(ConfigBase):
     save_every: int = 1000
     output_dir: str = "runs/llmbind"
     nproc: int = 1                         # processes (GPUs, or CPU ranks with gloo)
+    gradient_checkpointing: bool = False   # recompute the LLM's activations in the backward pass (less memory, ~30% slower)
+    offload: str = "none"                  # "none", or "cpu": ZeRO offloads optimizer states (and parameters with ZeRO-3) to host memory
 
     def validate(self, path="train"):
         super().validate(path)
@@ -375,6 +377,7 @@ class TrainConfig(ConfigBase):
         _need(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "must be 0, 1, 2 or 3")
         _need(self.precision in ("auto", "bf16", "fp16", "fp32"), f"{path}.precision", "must be auto, bf16, fp16 or fp32")
         _need(self.nproc >= 1, f"{path}.nproc", "must be at least 1")
+        _need(self.offload in ("none", "cpu"), f"{path}.offload", "must be 'none' or 'cpu'")
         for k in ("log_every", "eval_every", "save_every"): _need(getattr(self, k) >= 1, f"{path}.{k}", "must be at least 1")
         return self
 
