@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'VICUNA_SYSTEM', 'ROLES', 'VICUNA_CHAT_TEMPLATE', 'TaskToken',
-           'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse', 'parse_response',
-           'format_vicuna', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer', 'add_task_tokens', 'tiny_llama',
-           'train_only_rows', 'train_only_new_token_rows']
+__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'VICUNA_SYSTEM', 'ROLES', 'VICUNA_CHAT_TEMPLATE',
+           'TaskToken', 'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse',
+           'parse_response', 'format_vicuna', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer', 'add_task_tokens',
+           'tiny_llama', 'train_only_rows', 'train_only_new_token_rows']
 
 # %% ../nbs/01_tokens.ipynb #1fa54f39
 @dataclass(frozen=True)
@@ -104,43 +104,56 @@ _TAGS = _build_tag_table()
 _ALL_TAG_STRINGS = tuple(_TAGS)
 _TAG_RE = re.compile("|".join(re.escape(s) for s in sorted(_TAGS, key=len, reverse=True)))
 
+MAX_PROBLEMS = 1000   # problems listed in full; more are only counted (a broken answer of 1 MB stays cheap to parse)
+
 def parse_response(text: str) -> ParsedResponse:
     "Parse model output into task calls; never raises; malformed pieces go to `.problems`."
     if not isinstance(text, str): text = "" if text is None else str(text)
-    calls, problems = [], []
-    stack = []  # open frames: [task, tag, start, content_start, bad]
-    def bad_all(): 
-        for f in stack: f[4] = True
+    calls, problems, over = [], [], [0]
+    def problem(kind, fmt, *args, span):
+        "Record a problem; past MAX_PROBLEMS only count it (the message is never built)."
+        if len(problems) < MAX_PROBLEMS: problems.append(ParseProblem(kind, fmt.format(*args), span))
+        else: over[0] += 1
+    stack = []     # open frames: [task, tag, start, content_start]
+    bad = 0        # frames stack[:bad] are spoilt (a problem happened while they were open); kept as a bound, not per frame
+    where = {}     # task -> [(index, frame), ...] of its open frames, innermost last (stale entries dropped lazily)
+    def innermost(task):
+        "Index of the innermost open frame of `task`, or None (amortised O(1): each entry is dropped once)."
+        lst = where.get(task, [])
+        while lst and (lst[-1][0] >= len(stack) or stack[lst[-1][0]] is not lst[-1][1]): lst.pop()
+        return lst[-1][0] if lst else None
     for m in _TAG_RE.finditer(text):
         tag, (s, e) = m.group(0), m.span()
         task, role = _TAGS[tag]
         if role == "embed":
             if stack:
-                bad_all()
-                problems.append(ParseProblem("embedding_in_prompt", f"{tag} inside the prompt of {stack[-1][1]}", (s, e)))
+                bad = len(stack)
+                problem("embedding_in_prompt", "{} inside the prompt of {}", tag, stack[-1][1], span=(s, e))
             else: calls.append(TaskCall(task, None, (s, e), tag))
         elif role == "open":
-            if stack:
-                bad_all()
-                problems.append(ParseProblem("nested", f"{tag} opened inside {stack[-1][1]}", (s, e)))
-                stack.append([task, tag, s, e, True])
-            else: stack.append([task, tag, s, e, False])
+            if stack: problem("nested", "{} opened inside {}", tag, stack[-1][1], span=(s, e))
+            stack.append([task, tag, s, e])
+            where.setdefault(task, []).append((len(stack) - 1, stack[-1]))
+            if len(stack) > 1: bad = len(stack)        # a nested frame spoils itself and all around it
         else:  # closing tag
             if not stack:
-                problems.append(ParseProblem("stray_close", f"{tag} closes nothing", (s, e))); continue
+                problem("stray_close", "{} closes nothing", tag, span=(s, e)); continue
             if stack[-1][0] != task:
-                depth = next((i for i in range(len(stack) - 1, -1, -1) if stack[i][0] == task), None)
-                bad_all()
-                problems.append(ParseProblem("mismatched", f"{tag} does not close {stack[-1][1]}", (s, e)))
+                depth = innermost(task)
+                bad = len(stack)
+                problem("mismatched", "{} does not close {}", tag, stack[-1][1], span=(s, e))
                 if depth is None: continue
                 del stack[depth + 1:]
-            ftask, ftag, fs, fe, fbad = stack.pop()
+            fbad = len(stack) <= bad
+            ftask, ftag, fs, fe = stack.pop()
+            bad = min(bad, len(stack))
             if fbad or stack: continue
             prompt = text[fe:s].strip()
-            if not prompt: problems.append(ParseProblem("empty", f"{ftag}{tag} has an empty prompt", (fs, e)))
+            if not prompt: problem("empty", "{}{} has an empty prompt", ftag, tag, span=(fs, e))
             else: calls.append(TaskCall(ftask, prompt, (fs, e), ftag))
-    for ftask, ftag, fs, fe, _ in stack:
-        problems.append(ParseProblem("unclosed", f"{ftag} is never closed", (fs, fe)))
+    for ftask, ftag, fs, fe in stack:
+        problem("unclosed", "{} is never closed", ftag, span=(fs, fe))
+    if over[0]: problems.append(ParseProblem("too_many", f"{over[0]} more problems not listed", (0, len(text))))
     return ParsedResponse(sorted(calls, key=lambda c: c.span), problems, text)
 
 # %% ../nbs/01_tokens.ipynb #f9f71f47
