@@ -4,24 +4,28 @@
 
 # %% ../nbs/08_data.ipynb #4eaab6c0
 from __future__ import annotations
-import json, os, pickle, random, re, warnings
+import difflib, importlib.resources, inspect, json, os, pickle, random, re, shutil, warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from .config import ConfigError
 from .tokens import TASKS, IMAGE_TOKEN, ROLES, format_vicuna, format_call, parse_response, task_token_strings
 
 # %% auto #0
 __all__ = ['SAMPLE_TASKS', 'EMBED_TASKS', 'CLIP_MEAN', 'CLIP_STD', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SHORT_QUESTIONS',
-           'SEMANTIC_QUESTIONS', 'LONG_QUESTIONS', 'SEG_ANSWERS', 'DataFormatError', 'Sample', 'load_image',
+           'SEMANTIC_QUESTIONS', 'LONG_QUESTIONS', 'SEG_ANSWERS', 'MAX_CLASS_ID', 'DATASET_READERS', 'read_refcoco',
+           'read_refcoco_plus', 'read_refcocog', 'read_refclef', 'DataFormatError', 'Sample', 'load_image',
            'ConversationTooLong', 'tokenize_conversation', 'show_supervision', 'clip_image_transform', 'sam_preprocess',
            'LLMBindCollator', 'polygons_to_mask', 'rle_decode', 'rle_encode', 'check_segmentation',
            'segmentation_to_mask', 'check_templates', 'seg_conversation', 'ReadReport', 'Samples', 'canonical_calls',
            'infer_task', 'read_llava_instruct', 'read_interactive', 'read_conversations', 'sample_to_record',
            'write_conversations', 'load_refs_pickle', 'read_refer', 'read_class_names', 'read_semantic', 'part_name',
-           'read_coco_parts', 'read_reasonseg']
+           'read_coco_parts', 'read_reasonseg', 'DatasetNotFound', 'package_classes', 'register_reader', 'read_ade20k',
+           'read_cocostuff', 'read_paco_lvis', 'read_pascal_part', 'read_reason_seg', 'read_llava_dataset',
+           'read_custom_conversations', 'read_dataset']
 
 # %% ../nbs/08_data.ipynb #e534d2b2
 SAMPLE_TASKS = ("vqa", "chat", "semantic", "referring", "reasoning", "image_gen", "image_edit", "audio", "video",
@@ -517,12 +521,16 @@ class _Reading:
         if self.report.skipped: warnings.warn(f"skipped {self.report.skipped} bad records: {self.report}", stacklevel=3)
         return self.out
 
-def _load_json(path) -> Any:
+def _load_json(path, encodings: Sequence[str] = ("utf-8",)) -> Any:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
-    try: return json.loads(path.read_text(encoding="utf-8"))
+    raw, text = path.read_bytes(), None
+    for enc in encodings:
+        try: text = raw.decode(enc); break
+        except UnicodeDecodeError as e: err = e
+    if text is None: raise DataFormatError(f"{path}: not {' or '.join(e.upper() for e in encodings)} text ({err})")
+    try: return json.loads(text)
     except json.JSONDecodeError as e: raise DataFormatError(f"{path}: not valid JSON ({e})") from None
-    except UnicodeDecodeError as e: raise DataFormatError(f"{path}: not UTF-8 text ({e})") from None
 
 def _need(rec, key, typ, where):
     if not isinstance(rec, Mapping): raise _err(where, f"a record must be a JSON object, got {type(rec).__name__}")
@@ -533,7 +541,10 @@ def _need(rec, key, typ, where):
     return rec[key]
 
 def _image_path(image_dir: Path, name, where: str) -> Path:
+    "The image `name` names inside `image_dir`; absolute names and '..' are refused (a dataset file may not point elsewhere)."
     if not isinstance(name, str) or not name: raise _err(where, f"'image' must be a file name, got {name!r}")
+    if name.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", name) or ".." in re.split(r"[/\\]", name):
+        raise _err(where, f"image path {name!r} leaves the image folder {image_dir}: name images by a relative path without '..'")
     p = image_dir / name
     if not p.is_file(): raise _err(where, f"unknown image {name!r} (no file {p})")
     return p
@@ -543,6 +554,15 @@ def _image_size(path: Path, where: str) -> tuple[int, int]:
     try:
         with Image.open(path) as im: return im.height, im.width
     except Exception as e: raise _err(where, f"cannot read image {path}: {e}")
+
+def _checked_image(image_dir: Path, im: Mapping, where: str) -> tuple[Path, int, int]:
+    "A COCO `images` entry's file and (H, W), refused when the JSON's height/width disagree with the file header."
+    p = _image_path(image_dir, im.get("file_name"), where)
+    H, W = _image_size(p, where)
+    if (im.get("height"), im.get("width")) != (H, W):
+        raise _err(where, f"the JSON says the image is {im.get('height')}x{im.get('width')} but {p.name} is {H}x{W}: "
+                          "masks are drawn at the JSON's size, so fix the JSON (or the image)")
+    return p, H, W
 
 def _mask_stack(make_one: Callable, n: int, lazy: bool, meta: dict):
     "Stack n masks now, or return a closure (lazy) and record n in meta."
@@ -689,7 +709,7 @@ def write_conversations(samples: Iterable[Sample],  # samples to store
                         path,                         # the JSON file to write
                         image_subdir: str = "images", # PIL images are saved as PNG under this folder next to the JSON
                        ) -> Path:
-    "Write samples as LLaVA-style JSON readable by `read_conversations` (paths to existing images are kept relative if possible)."
+    "Write samples as LLaVA-style JSON readable by `read_conversations` (images outside the JSON's folder are copied in)."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     recs = []
     for s in samples:
@@ -700,7 +720,12 @@ def write_conversations(samples: Iterable[Sample],  # samples to store
             (path.parent / image_subdir).mkdir(parents=True, exist_ok=True)
             s.image.save(path.parent / name)
         elif s.image is not None:
-            name = os.path.relpath(Path(s.image).resolve(), path.parent.resolve())
+            src = Path(s.image).resolve()
+            try: name = src.relative_to(path.parent.resolve()).as_posix()
+            except ValueError:                           # readers refuse '..': copy the file next to the JSON
+                name = f"{image_subdir}/{re.sub(r'[^A-Za-z0-9_.-]', '_', str(s.id))}{src.suffix}"
+                (path.parent / image_subdir).mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, path.parent / name)
         recs.append(sample_to_record(s, name))
     path.write_text(json.dumps(recs, indent=1))
     return path
@@ -770,6 +795,7 @@ def read_refer(refs,                               # refs JSON (list of referenc
     images, anns, _ = _coco_index(instances)
     rd = _Reading(refs_path, skip_bad)
     per_image: dict = {}                                # image_id -> [(sentence, mask fn, where)]
+    checked: set = set()                                # images whose file header matched the JSON
     def one(ref, where):
         if not isinstance(ref, Mapping): raise _err(where, "a reference must be an object")
         if split is not None and "split" not in ref: raise _err(where, f"missing key 'split' (asked for split {split!r})")
@@ -777,7 +803,7 @@ def read_refer(refs,                               # refs JSON (list of referenc
             if k not in ref: raise _err(where, f"missing key {k!r}")
         if ref["image_id"] not in images: raise _err(where, f"unknown image id {ref['image_id']} (not in {instances})")
         im = images[ref["image_id"]]
-        _image_path(image_dir, im["file_name"], where)
+        if ref["image_id"] not in checked: _checked_image(image_dir, im, where); checked.add(ref["image_id"])
         ann_ids = ref["ann_id"] if isinstance(ref["ann_id"], list) else [ref["ann_id"]]
         if not ann_ids: raise _err(where, "'ann_id' is an empty list")
         fns = []
@@ -809,14 +835,38 @@ def read_refer(refs,                               # refs JSON (list of referenc
             msgs = seg_conversation([rng.choice(questions).format(name=s) for s, _, _ in chunk], rng, answers=answers)
             meta = {}
             fns = [f for _, f, _ in chunk]
-            masks = _mask_stack(lambda k: fns[k](), len(fns), lazy, meta)
+            masks = _mask_stack(lambda k, fns=fns: fns[k](), len(fns), lazy, meta)   # bind this chunk's fns now
             src = f"{refs_path}: image {image_id} ({', '.join(w.split(':')[-1].strip() for _, _, w in chunk)})"
             rd.add([Sample(sid, "referring", msgs, image=str(image_dir / im["file_name"]), masks=masks, source=src, meta=meta)], src)
     return rd.done()
 
 # %% ../nbs/08_data.ipynb #8d81362b
+MAX_CLASS_ID = 65535   # label maps hold 8- or 16-bit values: a larger class id is a broken file, not a class
+
+def _class_table(path, rows) -> list:
+    "[(id, name)] -> names indexed by id (None for gaps); duplicate or absurd ids raise `DataFormatError`."
+    table = {}
+    for k, name in rows:
+        k = k.strip()
+        if not re.fullmatch(r"[0-9]{1,6}", k) or int(k) > MAX_CLASS_ID:
+            raise DataFormatError(f"{path}: class id {k[:20]!r} is not an integer in 0..{MAX_CLASS_ID} (label maps hold 8- or 16-bit values)")
+        if int(k) in table: raise DataFormatError(f"{path}: class id {k} appears twice")
+        table[int(k)] = name.strip()
+    return [table.get(i) for i in range(max(table) + 1)] if table else []
+
+def _object_info(path, lines) -> list:
+    "ADE20K's objectInfo150 table (Idx, Ratio, Train, Val, Name; tabs or commas) -> the first synonym of each Name, Idx 1 at 0."
+    sep = "\t" if "\t" in lines[0] else ","
+    head = [h.strip() for h in lines[0].split(sep)]
+    if "Name" not in head or head[-1] != "Name": raise DataFormatError(f"{path}: an objectInfo table ends with a 'Name' column, got {head}")
+    rows = [l.split(sep, len(head) - 1) for l in lines[1:]]
+    if any(len(r) != len(head) for r in rows): raise DataFormatError(f"{path}: every row needs the {len(head)} columns {head}")
+    names = _class_table(path, [(r[head.index("Idx")], re.split(r"[,;]", r[-1])[0]) for r in rows])
+    if not names or names[0] is not None: raise DataFormatError(f"{path}: objectInfo indices start at 1 (0 is 'other')")
+    return names[1:]
+
 def read_class_names(path) -> list:
-    "Class names indexed by label value, from a JSON list, a text file with one name per line, or 'id: name' lines."
+    "Class names indexed by label value: a JSON list, one name per line, 'id: name' lines, or ADE20K's objectInfo150 table."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such class-names file")
     if path.suffix == ".json":
@@ -824,14 +874,11 @@ def read_class_names(path) -> list:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise DataFormatError(f"{path}: a JSON class-names file is a list of strings")
         return [n.strip() for n in names]
-    lines = [l.strip() for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    if lines and all(re.match(r"^\d+\s*:", l) for l in lines):
-        table = {}
-        for l in lines:
-            k, v = l.split(":", 1)
-            if int(k) in table: raise DataFormatError(f"{path}: class id {k} appears twice")
-            table[int(k)] = v.strip()
-        return [table.get(i) for i in range(max(table) + 1)]
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e: raise DataFormatError(f"{path}: not UTF-8 text ({e}); save the class names as UTF-8") from None
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if lines and re.match(r"^Idx\s*[\t,]", lines[0]): return _object_info(path, lines)
+    if lines and all(re.match(r"^\d+\s*:", l) for l in lines): return _class_table(path, [l.split(":", 1) for l in lines])
     return lines
 
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
@@ -855,7 +902,7 @@ def _class_chunks(present: list, k: int, cover_all: bool, rng: random.Random) ->
     return [order[i:i + k] for i in range(0, len(order), k)] if cover_all else [order[:k]]
 
 def read_semantic(root,                                  # dataset folder
-                  classes=None,                          # class-names file; default root/classes.txt or classes.json
+                  classes=None,                          # class-names file or a list of names; default root/classes.txt or classes.json
                   image_dir: str = "images",             # sub-folder of images (relative to root)
                   label_dir: str = "annotations",        # sub-folder of label maps, same stems, PNG
                   ignore_index: int = 255,               # label value that means "no class"
@@ -863,6 +910,7 @@ def read_semantic(root,                                  # dataset folder
                   skip_names: Sequence[str] = ("unlabeled", "background", "other"),  # classes never asked for
                   classes_per_sample: int = 3,           # rounds per conversation
                   cover_all: bool = False,               # ask every present class (several samples per image)
+                  labels_only: bool = False,             # go by the label maps: an image without one is not an error (COCO-Stuff)
                   seed: int = 0,
                   task: str = "semantic",
                   skip_bad: bool = False,
@@ -875,7 +923,8 @@ def read_semantic(root,                                  # dataset folder
     root = Path(root)
     if classes is None:
         classes = next((root / n for n in ("classes.txt", "classes.json") if (root / n).is_file()), root / "classes.txt")
-    names = read_class_names(classes)
+    names = list(classes) if isinstance(classes, (list, tuple)) else read_class_names(classes)
+    if isinstance(classes, (list, tuple)): classes = f"the {len(names)} class names given"
     images, labels = _stems(root / image_dir, _IMAGE_EXTS), _stems(root / label_dir, (".png",))
     rd = _Reading(root, skip_bad)
     skip = {n.lower() for n in skip_names}
@@ -906,7 +955,7 @@ def read_semantic(root,                                  # dataset folder
             out.append(Sample(stem if not cover_all else f"{stem}_{k}", task, seg_conversation(qs, rng, answers=answers),
                               image=str(images[stem]), masks=masks, source=where, meta=meta))
         return out
-    for stem in sorted(set(images) | set(labels)):
+    for stem in sorted(labels) if labels_only else sorted(set(images) | set(labels)):
         where = f"{root}:{stem}"
         got = rd.guard(where, one, stem, where)
         if got: rd.add(got, where)
@@ -914,12 +963,12 @@ def read_semantic(root,                                  # dataset folder
 
 # %% ../nbs/08_data.ipynb #8b4dde0a
 def part_name(category: str) -> str:
-    "'dog:left_leg' -> 'left leg of the dog'; other names with underscores as spaces."
-    c = category.replace("_", " ").strip()
-    if ":" in c:
-        obj, part = (x.strip() for x in c.split(":", 1))
+    "'dog:left_leg' -> 'left leg of the dog'; LVIS qualifiers dropped ('bottle_(beverage)' -> 'bottle'), underscores as spaces."
+    clean = lambda s: s.split("_(")[0].replace("_", " ").strip()
+    if ":" in category:
+        obj, part = (clean(x) for x in category.split(":", 1))
         return f"{part} of the {obj}"
-    return c
+    return clean(category)
 
 def read_coco_parts(instances,                    # COCO instances JSON (polygons or RLE)
                     image_dir,                    # folder of the images' file_name
@@ -943,10 +992,7 @@ def read_coco_parts(instances,                    # COCO instances JSON (polygon
             rd.fail(f"{path}: annotation {a['id']}", f"unknown image id {a['image_id']}"); continue
         by_image.setdefault(a["image_id"], []).append(a)
     def one(im, where):
-        img = _image_path(image_dir, im["file_name"], where)
-        H, W = _image_size(img, where)
-        if (H, W) != (int(im["height"]), int(im["width"])):
-            raise _err(where, f"the image file is {H}x{W} but the JSON says {im['height']}x{im['width']}")
+        img, H, W = _checked_image(image_dir, im, where)
         groups: dict = {}
         for a in by_image.get(im["id"], []):
             if a.get("category_id") not in cats: raise _err(where, f"annotation {a['id']}: unknown category_id {a.get('category_id')}")
@@ -985,7 +1031,7 @@ def read_reasonseg(folder,                        # folder of images and their J
     jsons, images = _stems(folder, (".json",)), _stems(folder, _IMAGE_EXTS)
     rd = _Reading(folder, skip_bad)
     def one(stem, where):
-        rec = _load_json(jsons[stem])
+        rec = _load_json(jsons[stem], ("utf-8", "cp1252"))     # a few ReasonSeg files are Windows-1252, as LISA knows
         if not isinstance(rec, Mapping): raise _err(where, "the JSON must be an object with 'text' and 'shapes'")
         name = rec.get("imagePath")
         img = _image_path(folder, Path(name).name, where) if isinstance(name, str) and (folder / Path(name).name).is_file() \
@@ -1032,3 +1078,198 @@ def read_reasonseg(folder,                        # folder of images and their J
         got = rd.guard(where, one, stem, where)
         if got: rd.add(got, where)
     return rd.done()
+
+# %% ../nbs/08_data.ipynb #e1df33ad
+class DatasetNotFound(FileNotFoundError):
+    "A dataset's folder or file is not where LISA's layout puts it; the message names the path that was expected."
+
+def package_classes(name: str) -> Path:
+    "The class-names file shipped in `llmbind/classes/`: 'ade20k' (LISA's 150 names) or 'cocostuff' (LISA's file)."
+    p = importlib.resources.files("llmbind") / "classes" / f"{name}.txt"
+    if not p.is_file(): raise FileNotFoundError(f"no class list {name!r} in llmbind/classes (shipped: ade20k, cocostuff); "
+                                                "reinstall llmbind if the folder is missing")
+    return Path(str(p))
+
+# %% ../nbs/08_data.ipynb #4cc14e71
+DATASET_READERS: dict[str, Callable] = {}   # reader name in data.datasets -> fn(data_root, split, seed, lazy, skip_bad, **options)
+_COMMON = ("data_root", "split", "seed", "lazy", "skip_bad")
+
+def _options_of(base: Callable, *fixed: str) -> tuple:
+    "The keyword options of `base` that a registered reader passes on (all but the ones it fixes itself)."
+    ps = inspect.signature(base).parameters
+    return tuple(k for k, p in ps.items() if p.default is not inspect.Parameter.empty and k not in fixed + _COMMON)
+
+def register_reader(name: str,            # the name data.datasets uses
+                    options: Sequence[str],  # the options a spec may set
+                   ) -> Callable:
+    "Decorator: register `fn(data_root, split, seed, lazy, skip_bad, **options)` in `DATASET_READERS` under `name`."
+    def deco(fn):
+        fn.reader_name, fn.options = name, tuple(options)
+        DATASET_READERS[name] = fn
+        return fn
+    return deco
+
+def _suggest(what: str, got: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(got, list(known), n=1)
+    return f"unknown {what} {got!r}" + (f"; did you mean {close[0]!r}?" if close else "") + f" (known: {', '.join(known) or 'none'})"
+
+def _check_options(name: str, options: Mapping):
+    bad = [k for k in options if k not in DATASET_READERS[name].options]
+    if bad: raise ConfigError(f"dataset {name!r}: " + _suggest("option", bad[0], DATASET_READERS[name].options))
+
+def _expect(path: Path, name: str, what: str) -> Path:
+    "`path` if it exists, else `DatasetNotFound` naming it."
+    if not path.exists():
+        raise DatasetNotFound(f"{name}: expected {what} at {path} (LISA's layout under data.data_dir; see the dataset "
+                              "folder section of llmbind.data's docs)")
+    return path
+
+def _split_dir(name: str, split: str, table: Mapping) -> str:
+    if split not in table: raise DatasetNotFound(f"{name} has no split {split!r} (splits: {', '.join(table)})")
+    return table[split]
+
+# %% ../nbs/08_data.ipynb #61fc3153
+_ADE_SPLITS, _COCO_SPLITS = {"train": "training", "val": "validation"}, {"train": "train2017", "val": "val2017"}
+_SEM_FIXED = ("root", "image_dir", "label_dir", "ignore_index", "reduce_zero_label", "labels_only", "task")
+
+@register_reader("ade20k", _options_of(read_semantic, *_SEM_FIXED))
+def read_ade20k(data_root, split="train", seed=0, lazy=True, skip_bad=False,
+                classes=None,   # class-names file relative to data_root (e.g. 'ade20k/objectInfo150.txt'); default LISA's 150 names
+                **options) -> Samples:
+    "ADE20K in ade20k/{images,annotations}/{training,validation}: label 0 is ignored, 1..150 are the classes."
+    _check_options("ade20k", options)
+    root, d = Path(data_root) / "ade20k", _split_dir("ade20k", split, _ADE_SPLITS)
+    for sub in ("images", "annotations"): _expect(root / sub / d, "ade20k", f"the {sub} folder")
+    names = read_class_names(Path(data_root) / classes if classes else package_classes("ade20k"))
+    return read_semantic(root, classes=names, image_dir=f"images/{d}", label_dir=f"annotations/{d}", reduce_zero_label=True,
+                         seed=seed, lazy=lazy, skip_bad=skip_bad, **options)
+
+@register_reader("cocostuff", _options_of(read_semantic, *_SEM_FIXED, "skip_names"))
+def read_cocostuff(data_root, split="train", seed=0, lazy=True, skip_bad=False,
+                   classes=None,   # 'id: name' file relative to data_root, id = label value + 1; default LISA's cocostuff_classes.txt
+                   **options) -> Samples:
+    "COCO-Stuff label maps in cocostuff/train2017 over the COCO images in coco/train2017, with LISA's classes."
+    _check_options("cocostuff", options)
+    root, d = Path(data_root), _split_dir("cocostuff", split, _COCO_SPLITS)
+    _expect(root / "cocostuff" / d, "cocostuff", "the label maps (*.png)"); _expect(root / "coco" / d, "cocostuff", "the COCO images")
+    names = read_class_names(root / classes if classes else package_classes("cocostuff"))[1:]   # drop '0: unlabeled', as LISA
+    hyphen = [n for n in names if n and "-" in n]                                               # LISA ignores these
+    return read_semantic(root, classes=names, image_dir=f"coco/{d}", label_dir=f"cocostuff/{d}", labels_only=True,
+                         skip_names=hyphen, seed=seed, lazy=lazy, skip_bad=skip_bad, **options)
+
+# %% ../nbs/08_data.ipynb #eba74eb3
+_PART_OPTIONS = _options_of(read_coco_parts, "instances", "image_dir", "task")
+
+@register_reader("paco_lvis", _PART_OPTIONS)
+def read_paco_lvis(data_root, split="train", seed=0, lazy=True, skip_bad=False, **options) -> Samples:
+    "PACO-LVIS parts (vlpart/paco/annotations/paco_lvis_v1_{split}.json) over the COCO images in coco/."
+    _check_options("paco_lvis", options)
+    _split_dir("paco_lvis", split, dict.fromkeys(("train", "val", "test")))
+    root = Path(data_root)
+    inst = _expect(root / f"vlpart/paco/annotations/paco_lvis_v1_{split}.json", "paco_lvis", "the annotations")
+    return read_coco_parts(inst, _expect(root / "coco", "paco_lvis", "the COCO image folder"), seed=seed, lazy=lazy,
+                           skip_bad=skip_bad, **options)
+
+@register_reader("pascal_part", _PART_OPTIONS)
+def read_pascal_part(data_root, split="train", seed=0, lazy=True, skip_bad=False, **options) -> Samples:
+    "PASCAL-Part in VLPart's form (vlpart/pascal_part/{split}.json) over VOCdevkit/VOC2010/JPEGImages next to it."
+    _check_options("pascal_part", options)
+    _split_dir("pascal_part", split, dict.fromkeys(("train", "val")))
+    root = Path(data_root) / "vlpart/pascal_part"
+    inst = _expect(root / f"{split}.json", "pascal_part", "the annotations")
+    imgs = _expect(root / "VOCdevkit/VOC2010/JPEGImages", "pascal_part", "the PASCAL VOC 2010 images")
+    return read_coco_parts(inst, imgs, seed=seed, lazy=lazy, skip_bad=skip_bad, **options)
+
+# %% ../nbs/08_data.ipynb #a11a65e6
+_REFER = {"refcoco": ("unc", "mscoco/images/train2014"), "refcoco+": ("unc", "mscoco/images/train2014"),
+          "refcocog": ("umd", "mscoco/images/train2014"), "refclef": ("unc", "saiapr_tc-12")}
+
+def _refer_reader(name: str) -> Callable:
+    default_by, images = _REFER[name]
+    def read(data_root, split="train", seed=0, lazy=True, skip_bad=False,
+             split_by: str = default_by,   # which refs(...).p: 'unc', 'umd', 'google' or 'berkeley'
+             **options) -> Samples:
+        _check_options(name, options)
+        root = Path(data_root) / "refer_seg"
+        refs = _expect(root / name / f"refs({split_by}).p", name, f"the REFER references (split_by {split_by!r})")
+        inst = _expect(root / name / "instances.json", name, "the COCO instances")
+        out = read_refer(refs, inst, _expect(root / "images" / images, name, "the image folder"), split=split, seed=seed,
+                         lazy=lazy, skip_bad=skip_bad, **options)
+        if out.report.records == 0:
+            have = sorted({str(r.get("split")) for r in load_refs_pickle(refs) if isinstance(r, Mapping)})
+            raise DatasetNotFound(f"{name}: no reference of split {split!r} in {refs} (splits there: {', '.join(have)})")
+        return out
+    read.__name__ = read.__qualname__ = "read_" + name.replace("+", "_plus")
+    read.__doc__ = f"{name}: refer_seg/{name}/refs({default_by}).p + instances.json over refer_seg/images/{images}."
+    return register_reader(name, _options_of(read_refer, "refs", "instances", "image_dir", "split") + ("split_by",))(read)
+
+read_refcoco, read_refcoco_plus, read_refcocog, read_refclef = (_refer_reader(n) for n in _REFER)
+
+# %% ../nbs/08_data.ipynb #86dd96d4
+@register_reader("reason_seg", _options_of(read_reasonseg, "folder"))
+def read_reason_seg(data_root, split="train", seed=0, lazy=True, skip_bad=False, **options) -> Samples:
+    "ReasonSeg: reason_seg/ReasonSeg/{train,val,test}/*.jpg with a labelme-style JSON each."
+    _check_options("reason_seg", options)
+    _split_dir("reason_seg", split, dict.fromkeys(("train", "val", "test")))
+    folder = _expect(Path(data_root) / "reason_seg/ReasonSeg" / split, "reason_seg", f"the {split} images and JSON files")
+    return read_reasonseg(folder, seed=seed, lazy=lazy, skip_bad=skip_bad, **options)
+
+@register_reader("llava_instruct", ("file",))
+def read_llava_dataset(data_root, split="train", seed=0, lazy=True, skip_bad=False,
+                       file: str = "llava_instruct_150k",   # the JSON's stem in llava_dataset/ (LISA's vqa_data)
+                       **options) -> Samples:
+    "LLaVA-Instruct (llava_dataset/llava_instruct_150k.json) over the COCO images in coco/train2017; train only."
+    _check_options("llava_instruct", options)
+    _split_dir("llava_instruct", split, {"train": None})
+    root = Path(data_root)
+    return read_llava_instruct(_expect(root / f"llava_dataset/{file}.json", "llava_instruct", "the instruction JSON"),
+                               image_dir=_expect(root / "coco/train2017", "llava_instruct", "the COCO train2017 images"),
+                               skip_bad=skip_bad)
+
+# %% ../nbs/08_data.ipynb #64023693
+def _dialogue_reader(name: str, task: str) -> Callable:
+    def read(data_root, split="train", seed=0, lazy=True, skip_bad=False, **options) -> Samples:
+        _check_options(name, options)
+        root = Path(data_root) / "llmbind"
+        path = _expect(root / (f"{task}.json" if split == "train" else f"{task}_{split}.json"), name, f"the {split} dialogues")
+        return read_interactive(path, image_dir=root / "images", task=task, skip_bad=skip_bad)
+    read.__name__ = read.__qualname__ = f"read_llmbind_{task}"
+    read.__doc__ = f"LLMBind's {task} dialogues: llmbind/{task}.json (train) or llmbind/{task}_<split>.json, images in llmbind/images."
+    return register_reader(name, ())(read)
+
+for _t in ("image_gen", "image_edit", "audio", "video"): _dialogue_reader(f"llmbind_{_t}", _t)
+
+@register_reader("conversations", ("path", "image_dir", "task"))
+def read_custom_conversations(data_root, split="train", seed=0, lazy=True, skip_bad=False,
+                path: Optional[str] = None,       # JSON relative to data_root; '{split}' in it is replaced by the split
+                image_dir: Optional[str] = None,  # image folder relative to data_root; default the JSON's folder
+                task: Optional[str] = None,       # force one task for every record
+                **options) -> Samples:
+    "Our conversation format (`write_conversations`, targets included) at a path of your choosing."
+    _check_options("conversations", options)
+    if not isinstance(path, str) or not path:
+        raise ConfigError("the 'conversations' reader needs 'path': a JSON file relative to data.data_dir, e.g. 'mine/{split}.json'")
+    if "{split}" not in path and split != "train":
+        raise DatasetNotFound(f"conversations {path!r}: no {split!r} split; put '{{split}}' in the path to give each split a file")
+    root = Path(data_root)
+    p = _expect(root / path.replace("{split}", split), "conversations", "the conversation JSON")
+    return read_conversations(p, image_dir=root / image_dir if image_dir else None, task=task, skip_bad=skip_bad, lazy=lazy)
+
+# %% ../nbs/08_data.ipynb #d9cf36a5
+def read_dataset(spec: Mapping,          # one entry of data.datasets: {"reader": r, "weight": w, "name"?: label, ...options}
+                 data_root,              # LISA's dataset/ folder (data.data_dir)
+                 split: str = "train",   # train, val, test (testA/testB for refCOCO-style data)
+                 seed: int = 0,          # picks the question and answer templates
+                 lazy: bool = True,      # masks computed in Sample.load(): memory stays flat in the dataset size
+                 skip_bad: bool = False, # skip (and count) broken records instead of raising
+                ) -> Samples:
+    "Read one configured dataset with its registered reader; every key but 'reader', 'weight' and 'name' is an option."
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("reader"), str):
+        raise ConfigError(f"a dataset is {{'reader': name, 'weight': w, ...options}}, got {spec!r}")
+    name = spec["reader"]
+    if name not in DATASET_READERS: raise ConfigError(f"data.datasets: {_suggest('reader', name, list(DATASET_READERS))}")
+    options = {k: v for k, v in spec.items() if k not in ("reader", "weight", "name")}   # name: a label for logs
+    _check_options(name, options)
+    if data_root is None or not Path(data_root).is_dir():
+        raise DatasetNotFound(f"{name}: the data root {data_root} is not a folder; set data.data_dir to LISA's dataset/ folder")
+    return DATASET_READERS[name](data_root, split=split, seed=seed, lazy=lazy, skip_bad=skip_bad, **options)
