@@ -4,25 +4,29 @@
 
 # %% ../nbs/06_model.ipynb #04f572aa
 from __future__ import annotations
-import contextlib, inspect, json
+import contextlib, inspect, json, logging, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from .config import LLMBindConfig
+from .config import LLMBindConfig, ConfigError
 from .tokens import (IMAGE_TOKEN, ParseProblem, parse_response, format_vicuna, tiny_tokenizer,
                             add_task_tokens, task_token_strings, train_only_new_token_rows)
 from .moe import inject_lora_moe, lora_moe_layers, moe_aux_loss
-from .vision import (ImageError, ImageProcessor, build_vision_tower, build_projector,
-                            splice_image_features, to_rgb_array, _quiet_transformers)
+from .vision import (ImageError, ImageProcessor, build_vision_tower, build_projector, clip_vision_config,
+                            splice_image_features, to_rgb_array, _quiet_transformers, checkpoint_files, read_checkpoint,
+                            compare_keys, report_keys, load_checked)
 from .segment import SegmentationModule, preprocess_for_sam
 from .losses import LossBreakdown, compute_total_loss
 
+_log = logging.getLogger("llmbind")
+
 # %% auto #0
-__all__ = ['GROUP_ORDER', 'ModelInputError', 'LLMBindOutput', 'resolve_device', 'resolve_dtype', 'build_tokenizer', 'build_llm',
-           'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
+__all__ = ['GROUP_ORDER', 'ModelInputError', 'LLMBindOutput', 'RandomProjectorWarning', 'checkpoint_kind', 'llama_config',
+           'resolve_checkpoint_config', 'resolve_device', 'resolve_dtype', 'build_tokenizer', 'read_llm_folder',
+           'build_llm', 'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
 
 # %% ../nbs/06_model.ipynb #7a337a37
 class ModelInputError(ValueError):
@@ -49,6 +53,94 @@ class LLMBindOutput:
         "The terms as a plain dict (what `llmbind.train.unpack_output` logs)."
         return dict(self.terms or {})
 
+# %% ../nbs/06_model.ipynb #3017fb0a
+class RandomProjectorWarning(UserWarning):
+    "The LLM folder has no projector: a new one starts at random (and `vision.train_projector` is set so it trains)."
+
+def _config_json(path) -> dict:
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"llm.pretrained_path '{path}' is not a model folder (no config.json). Download LISA's "
+                                "LLaVA-Lightning-7B-v1-1 (or llava-v1.5-7b, llava-1.5-7b-hf, vicuna-7b-v1.5) into a local folder "
+                                "yourself and point llm.pretrained_path at it; llmbind never downloads.")
+    return json.loads((path / "config.json").read_text())
+
+def checkpoint_kind(path) -> str:
+    "'llava' (original LLaVA: LLaMA + `model.mm_projector`), 'llava_hf' (LlavaForConditionalGeneration) or 'llama' (Vicuna/LLaMA)."
+    cj = _config_json(path)
+    archs = cj.get("architectures") or []
+    if "text_config" in cj and "vision_config" in cj: return "llava_hf"
+    if cj.get("model_type") in ("llava", "llava_llama") or "LlavaLlamaForCausalLM" in archs or "mm_vision_tower" in cj: return "llava"
+    if cj.get("model_type") == "llama" or "LlamaForCausalLM" in archs: return "llama"
+    raise ConfigError(f"llm.pretrained_path '{path}': a {cj.get('model_type')!r} model ({archs}) is none of the folders llmbind reads "
+                      "(an original LLaVA, a llava-hf LlavaForConditionalGeneration, or a LLaMA/Vicuna folder)")
+
+def llama_config(path):
+    "The `LlamaConfig` of the language model in an LLM folder of any kind (defaults filled in, as llava-hf omits them)."
+    from transformers import LlamaConfig
+    cj = _config_json(path)
+    d = cj["text_config"] if checkpoint_kind(path) == "llava_hf" else cj
+    drop = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version", "torch_dtype", "dtype")
+    return LlamaConfig(**{k: v for k, v in d.items() if k not in drop and not k.startswith("mm_")})
+
+# %% ../nbs/06_model.ipynb #9452b9aa
+_LLAVA_PROJECTORS = {"linear": "linear", "mlp2x_gelu": "mlp2x_gelu"}   # mm_projector_type -> vision.projector
+
+def _llava_vision(cj: dict, path: Path) -> dict:
+    "vision.* values an original LLaVA folder's config fixes."
+    kind = cj.get("mm_projector_type", "linear")                            # LLaVA v1 (Lightning) has no key: a Linear
+    if kind not in _LLAVA_PROJECTORS:
+        raise ConfigError(f"{path}: mm_projector_type {kind!r} is not supported (llmbind builds 'linear' and 'mlp2x_gelu')")
+    if cj.get("mm_use_im_start_end"):
+        raise ConfigError(f"{path}: mm_use_im_start_end=true (image patches framed by <im_start>/<im_end>) is not supported; "
+                          "LISA and llmbind use LLaVA folders without it")
+    return {"vision.projector": _LLAVA_PROJECTORS[kind], "vision.select_layer": cj.get("mm_vision_select_layer", -2),
+            "vision.select_feature": cj.get("mm_vision_select_feature", "patch")}
+
+def _llava_hf_vision(cj: dict, path: Path) -> dict:
+    "vision.* values a llava-hf folder's config fixes (its CLIP tower is inside the folder)."
+    layer, strategy = cj.get("vision_feature_layer", -2), cj.get("vision_feature_select_strategy", "default")
+    if not isinstance(layer, int): raise ConfigError(f"{path}: vision_feature_layer={layer} (several layers) is not supported")
+    if cj.get("projector_hidden_act", "gelu") != "gelu" or not cj.get("multimodal_projector_bias", True):
+        raise ConfigError(f"{path}: only the Linear-GELU-Linear projector with biases (mlp2x_gelu) is supported")
+    if strategy not in ("default", "full"): raise ConfigError(f"{path}: vision_feature_select_strategy {strategy!r} is not supported")
+    return {"vision.pretrained_path": str(path), "vision.projector": "mlp2x_gelu", "vision.select_layer": layer,
+            "vision.select_feature": "patch" if strategy == "default" else "cls_patch"}
+
+def resolve_checkpoint_config(cfg: LLMBindConfig) -> tuple[LLMBindConfig, list[str]]:
+    "Fill the LLM and vision sizes, the projector kind and the select layer from the local folders; notes say what changed."
+    if not cfg.llm.pretrained_path: return cfg, []
+    path = Path(cfg.llm.pretrained_path).expanduser()
+    kind, cj, lc = checkpoint_kind(path), _config_json(path), llama_config(path)
+    new = {"llm.hidden_size": lc.hidden_size, "llm.intermediate_size": lc.intermediate_size, "llm.num_layers": lc.num_hidden_layers,
+           "llm.num_heads": lc.num_attention_heads, "llm.num_kv_heads": lc.num_key_value_heads or lc.num_attention_heads,
+           "llm.vocab_size": lc.vocab_size, "llm.max_position_embeddings": lc.max_position_embeddings,
+           "llm.rms_norm_eps": float(lc.rms_norm_eps)}
+    if kind == "llava":
+        new.update(_llava_vision(cj, path))
+        if not cfg.vision.pretrained_path:
+            raise ConfigError(f"{path} is a LLaVA folder whose CLIP tower is {cj.get('mm_vision_tower')!r}; copy that model into a "
+                              "local folder and set vision.pretrained_path to it")
+    elif kind == "llava_hf": new.update(_llava_hf_vision(cj, path))
+    elif cfg.vision.pretrained_path: new["vision.train_projector"] = True   # Vicuna + CLIP: the projector is new, so it trains
+    vpath, clip = new.get("vision.pretrained_path", cfg.vision.pretrained_path), {}
+    if vpath:
+        vc = clip_vision_config(vpath)
+        clip = ({"vision.image_size": vc.image_size, "vision.patch_size": vc.patch_size, "vision.hidden_size": vc.hidden_size,
+                    "vision.num_layers": vc.num_hidden_layers, "vision.num_heads": vc.num_attention_heads,
+                    "vision.intermediate_size": vc.intermediate_size, "data.image_size": vc.image_size})
+        if kind == "llava" and cj.get("mm_hidden_size", vc.hidden_size) != vc.hidden_size:
+            raise ConfigError(f"{path} expects a CLIP of width mm_hidden_size={cj['mm_hidden_size']} but vision.pretrained_path "
+                              f"'{vpath}' has hidden_size={vc.hidden_size}; point vision.pretrained_path at {cj.get('mm_vision_tower')!r}")
+    d, notes = cfg.to_dict(), []
+    for source, values in ((path, new), (vpath, clip)):
+        for key, value in values.items():
+            section, name = key.split(".")
+            if d[section][name] != value:
+                notes.append(f"{key}: {d[section][name]!r} -> {value!r} (from {source})")
+                d[section][name] = value
+    return LLMBindConfig.from_dict(d), notes
+
 # %% ../nbs/06_model.ipynb #c539a427
 def resolve_device(cfg: LLMBindConfig, device=None) -> torch.device:
     "`device` if given, else `cfg.device` ('auto' = cuda when available)."
@@ -65,41 +157,103 @@ def resolve_dtype(cfg: LLMBindConfig, device: torch.device) -> torch.dtype:
 def _on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
-def build_tokenizer(cfg: LLMBindConfig):
-    "The base tokenizer (without task tokens): a local folder or the offline tiny tokenizer."
-    if cfg.llm.tokenizer_path:
-        from transformers import AutoTokenizer
-        path = Path(cfg.llm.tokenizer_path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"llm.tokenizer_path '{path}' is not a folder; point it at the local Vicuna tokenizer "
-                                    "(llmbind never downloads)")
-        with _quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
-        if tok.pad_token is None: tok.pad_token = tok.unk_token     # LLaVA's choice
-        return tok
-    return tiny_tokenizer(cfg.llm.vocab_size, model_max_length=cfg.llm.model_max_length)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
-def build_llm(cfg: LLMBindConfig, vocab_size: int, dtype: torch.dtype = torch.float32, seed: int = 0):
-    "A `LlamaForCausalLM`: from `llm.pretrained_path` (local files; architecture only on the meta device) or random."
+def build_tokenizer(cfg: LLMBindConfig):
+    "The base tokenizer (no task tokens): `llm.tokenizer_path`, else the LLM folder's own, else the offline tiny one."
+    c = cfg.llm
+    if not (c.tokenizer_path or c.pretrained_path):
+        return tiny_tokenizer(c.vocab_size, model_max_length=c.model_max_length)
+    from transformers import AutoTokenizer
+    which = "llm.tokenizer_path" if c.tokenizer_path else "llm.pretrained_path"
+    path = Path(c.tokenizer_path or c.pretrained_path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{which} '{path}' is not a folder; point it at the local LLaVA / Vicuna tokenizer (llmbind never downloads)")
+    if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        if which == "llm.pretrained_path" and cfg.preset == "tiny":     # the tiny preset's own LLM folders carry no tokenizer
+            warnings.warn(f"{path} has no tokenizer files; the tiny preset uses its offline tokenizer "
+                          "(set llm.tokenizer_path to use another)", stacklevel=2)
+            return tiny_tokenizer(c.vocab_size, model_max_length=c.model_max_length)
+        raise FileNotFoundError(f"{which} '{path}' has no tokenizer (neither tokenizer.json nor tokenizer.model); copy the "
+                                "tokenizer files of the checkpoint into it, or set llm.tokenizer_path to a tokenizer folder")
+    with _quiet_transformers():
+        tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    if tok.pad_token is None: tok.pad_token = tok.unk_token     # LLaVA's choice
+    return tok
+
+# %% ../nbs/06_model.ipynb #c0192267
+def _llm_route(kind: str):
+    "Checkpoint key -> ('llm' | 'projector' | 'unexpected', our key), or None for keys dropped on purpose."
+    def route(k: str):
+        if kind == "llava_hf":
+            for old, new in (("language_model.model.", "model."), ("model.language_model.", "model."),     # older / transformers-5 layout
+                             ("language_model.lm_head.", "lm_head."), ("lm_head.", "lm_head.")):
+                if k.startswith(old): return ("llm", new + k[len(old):])
+            for p in ("multi_modal_projector.", "model.multi_modal_projector."):
+                if k.startswith(p): return ("projector", k[len(p):].replace("linear_1.", "0.").replace("linear_2.", "2."))
+            if k.startswith(("vision_tower.", "model.vision_tower.")): return None   # the CLIP tower: build_vision_tower reads it
+            return ("unexpected", k)
+        if k.endswith("rotary_emb.inv_freq"): return None       # a buffer transformers < 4.31 saved; it is recomputed from the config
+        if kind == "llava":
+            if k.startswith("model.mm_projector."): return ("projector", k[len("model.mm_projector."):])
+            if k.startswith("model.vision_tower."): return None  # LLaVA re-reads its tower from mm_vision_tower, as we do (vision.pretrained_path)
+        return ("llm", k)
+    return route
+
+def read_llm_folder(path, dtype: Optional[torch.dtype] = None) -> dict:
+    "The tensors of an LLM folder of any kind, by part: 'llm' (LlamaForCausalLM names), 'projector', 'unexpected'."
+    path = Path(path).expanduser()
+    return read_checkpoint(checkpoint_files(path), _llm_route(checkpoint_kind(path)), dtype)
+
+# %% ../nbs/06_model.ipynb #ec530c56
+def _rebuild_rotary(llm, device):
+    "Rotary embeddings built on the meta device have no inverse frequencies (a buffer no checkpoint holds): build them again."
+    for name, m in list(llm.named_modules()):
+        if type(m).__name__.endswith("RotaryEmbedding") and any(b.is_meta for b in m.buffers()):
+            parent = llm.get_submodule(name.rsplit(".", 1)[0]) if "." in name else llm
+            with torch.device(device): setattr(parent, name.rsplit(".", 1)[-1], type(m)(config=llm.config))
+    left = [n for n, t in list(llm.named_parameters()) + list(llm.named_buffers()) if t.is_meta]
+    if left: raise RuntimeError(f"the LLM still has tensors without values after loading: {left[:4]}")
+
+def build_llm(cfg: LLMBindConfig,                       # the full configuration (llm section, strict_load)
+              vocab_size: int,                          # rows of a random LLM's embeddings
+              dtype: torch.dtype = torch.float32,
+              seed: int = 0,                            # init seed of random weights (global RNG untouched)
+              device=None,                              # where the loaded weights go (default cpu)
+              tensors: Optional[dict] = None,           # read_llm_folder's result, if already read
+             ):
+    "A `LlamaForCausalLM`: from `llm.pretrained_path` (any folder kind, every key checked; architecture only on meta) or random."
     from transformers import LlamaConfig, LlamaForCausalLM
     c = cfg.llm
-    if c.pretrained_path:
-        path = Path(c.pretrained_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"llm.pretrained_path '{path}' is not a model folder (no config.json). Download "
-                                    "vicuna-7b-v1.5 into a local folder yourself and point llm.pretrained_path at it.")
-        if not _on_meta():
-            with _quiet_transformers():
-                return LlamaForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=dtype)
-        lc = LlamaConfig.from_pretrained(str(path), local_files_only=True)
-    else:
+    if not c.pretrained_path:
         lc = LlamaConfig(vocab_size=vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
                          num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
                          max_position_embeddings=c.max_position_embeddings, rms_norm_eps=c.rms_norm_eps,
                          tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return LlamaForCausalLM(lc).to(dtype)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return LlamaForCausalLM(lc).to(dtype)
+    path = Path(c.pretrained_path).expanduser()
+    lc = llama_config(path)
+    with torch.device("meta"): llm = LlamaForCausalLM(lc)
+    if _on_meta(): return llm.to(dtype)
+    dev = torch.device(device or "cpu")
+    parts = tensors if tensors is not None else read_llm_folder(path, dtype)
+    what = f"the LLM in {path} ({checkpoint_kind(path)} folder)"
+    own = parts.get("llm", {})
+    missing, unexpected = compare_keys(llm.state_dict(), own, what)
+    report_keys(missing, list(parts.get("unexpected", {})) + unexpected, what, cfg.strict_load)
+    keep = {k: v for k, v in own.items() if k not in unexpected}
+    if missing:                                  # strict_load=false: build for real so the missing weights get an init
+        with torch.random.fork_rng(devices=[]), torch.device(dev):
+            torch.manual_seed(seed)
+            llm = LlamaForCausalLM(lc).to(dtype)
+        llm.load_state_dict(keep, strict=False)
+    else:                                        # the checkpoint's tensors become the parameters: no second copy
+        llm.load_state_dict({k: v.to(dev, dtype) if v.is_floating_point() else v.to(dev) for k, v in keep.items()},
+                            strict=True, assign=True)
+        _rebuild_rotary(llm, dev)
+    return llm
 
 # %% ../nbs/06_model.ipynb #e77a9532
 def _param_group(name: str) -> str:
@@ -146,8 +300,10 @@ class LLMBindForCausalLM(nn.Module):
                     device=None,                     # None: cfg.device; "meta": architecture only
                     seed: int = 0,                   # init seed of every random part (global RNG untouched)
                    ) -> "LLMBindForCausalLM":
-        "Build the whole model from a config (local checkpoints only; nothing loaded on the meta device)."
+        "Build the whole model from a config (local checkpoints only, every key checked; nothing loaded on the meta device)."
         cfg.validate()
+        cfg, notes = resolve_checkpoint_config(cfg)
+        for n in notes: _log.info("from the checkpoint folders: %s", n)
         dev = resolve_device(cfg, device)
         ctx = torch.device("meta") if dev.type == "meta" else contextlib.nullcontext()
         with ctx, torch.random.fork_rng(devices=[]):
@@ -156,19 +312,33 @@ class LLMBindForCausalLM(nn.Module):
             dtype = resolve_dtype(cfg, dev)
             tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
             base_len = len(tok)
-            llm = build_llm(cfg, max(base_len, cfg.llm.vocab_size), dtype, seed)
+            kind = checkpoint_kind(cfg.llm.pretrained_path) if cfg.llm.pretrained_path else None
+            parts = read_llm_folder(cfg.llm.pretrained_path, dtype) if kind and not meta else {}
+            llm = build_llm(cfg, max(base_len, cfg.llm.vocab_size), dtype, seed, device=dev, tensors=parts)
+            parts.pop("llm", None)                  # the LLM owns its tensors now; keep no second reference
             rows0 = llm.get_input_embeddings().weight.shape[0]
             n_new = len([t for t in task_token_strings() if t not in tok.get_vocab()])
             add_task_tokens(tok, llm, init="mean")
             if rows0 > base_len and n_new:          # a stand-in tokenizer smaller than the LLM vocabulary
                 llm.resize_token_embeddings(rows0 + n_new, mean_resizing=False)
             if cfg.moe.enabled: inject_lora_moe(llm, cfg.moe)
+            if cfg.train.gradient_checkpointing:    # recompute each decoder layer in the backward pass
+                kw = {"use_reentrant": False}
+                if hasattr(llm, "activation_checkpointing_enable"): llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
+                else: llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)     # transformers before 5.2x
             hidden = llm.config.hidden_size
-            vt = build_vision_tower(cfg.vision, frozen=True, seed=seed) if not (meta and cfg.vision.pretrained_path) \
-                else _meta_clip(cfg)
+            vt = build_vision_tower(cfg.vision, frozen=True, seed=seed, strict=cfg.strict_load) \
+                if not (meta and cfg.vision.pretrained_path) else _meta_clip(cfg)
             proj = build_projector(cfg.vision, hidden)
-            seg = SegmentationModule(cfg.segment, hidden, load_checkpoint=not meta)
+            if kind in ("llava", "llava_hf") and not meta:
+                load_checked(proj, parts.get("projector", {}), f"the projector ({cfg.vision.projector}) in {cfg.llm.pretrained_path}",
+                             cfg.strict_load)
+            elif kind == "llama" and cfg.vision.pretrained_path and not meta:
+                warnings.warn(f"{cfg.llm.pretrained_path} has no projector (a plain LLaMA/Vicuna folder): the projector is "
+                              "initialised at random; it will be trained (vision.train_projector=true)", RandomProjectorWarning, stacklevel=2)
+            seg = SegmentationModule(cfg.segment, hidden, load_checkpoint=not meta, strict=cfg.strict_load)
             model = cls(cfg, tok, llm, vt, proj, seg)
+        model.checkpoint_notes = notes
         if not meta: model.to(device=dev, dtype=dtype)
         return model
 
@@ -365,11 +535,12 @@ def _forward(self,
              tasks: Optional[Sequence[str]] = None,    # per sample task name (adds `ar/<task>` terms)
              ids: Optional[Sequence[str]] = None,      # per sample id, used in error messages
              num_items=None,                           # supervised tokens of the whole accumulated batch (see `ar_loss`)
-             supervised_logits: bool = False,          # with labels: LM head only where a label is predicted (faster);
-                                                       # `logits` and `labels` of the output are then packed (`pack_supervised`)
+             supervised_logits: Optional[bool] = None, # with labels: LM head only where a label is predicted (faster);
+                                                       # `logits` and `labels` are then packed (`pack_supervised`); None: in training
              **unused) -> LLMBindOutput:
     "Splice images, run the LLM, decode `<seg>`/`<det>`/`<cls>` states, and (with labels) every loss term."
     dev = self.device
+    if supervised_logits is None: supervised_logits = self.training
     input_ids = input_ids.to(dev)
     if input_ids.ndim != 2: raise ModelInputError(f"input_ids must be (B, L), got shape {tuple(input_ids.shape)}")
     attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(dev)
@@ -404,6 +575,9 @@ def _forward(self,
                   cls_targets=torch.cat([torch.as_tensor(g, dtype=torch.long) for g, n in zip(classes, n_cls) if n]).to(dev))
     out.loss, out.terms = compute_total_loss(self.cfg.loss, logits=logits, labels=loss_labels, aux_loss=aux, tasks=tasks,
                                              num_items=num_items, **kw)
+    if self.training and torch.is_grad_enabled():
+        # every trainable tensor in the graph (times 0): under ZeRO-2 all ranks then reduce the same gradient buckets
+        out.loss = out.loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)
     out.aux_loss = aux
     return out
 
@@ -592,12 +766,20 @@ def _save_pretrained(self, save_directory) -> Path:
     elif (d / "base.safetensors").exists(): (d / "base.safetensors").unlink()
     return d
 
-def _load_into(self, tensors: dict, where: str):
+def _load_into(self, tensors: dict,                 # name -> tensor from a file save_pretrained wrote
+               where: str,                          # the file, for the messages
+               expected: Optional[Sequence] = None, # the keys the file must hold (None: any subset)
+              ):
+    "Copy a saved file's tensors into the model; unknown, missing (of `expected`) and non-finite tensors are errors."
     sd = self.state_dict()
     rows = torch.tensor(self.new_token_ids)
     unknown = [k for k in tensors if k.removesuffix(".new_rows") not in sd]
-    if unknown: raise ValueError(f"{where} has {len(unknown)} keys this model does not have, e.g. {unknown[:3]}; "
-                                 "was it saved from a model with another configuration?")
+    missing = [k for k in (expected or ()) if k not in tensors]
+    report_keys(missing, unknown, f"{where} (was it saved from a model with another configuration?)", self.cfg.strict_load)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{where}: {len(bad)} tensors hold NaN or inf values, e.g. {bad[:3]}; the run that saved them "
+                             "diverged: load an earlier checkpoint")
+    tensors = {k: v for k, v in tensors.items() if k not in unknown}
     with torch.no_grad():
         for k, v in tensors.items():
             if k.endswith(".new_rows"):
@@ -622,12 +804,18 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
     cfg = LLMBindConfig.from_file(d / "config.json")
     with _quiet_transformers():
         tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"), local_files_only=True)
-    model = cls.from_config(cfg, tokenizer=tok, device=device)
-    if (d / "base.safetensors").is_file(): model._load_into(load_file(str(d / "base.safetensors")), "base.safetensors")
-    elif _base_prefixes(cfg):
-        raise FileNotFoundError(f"{d} has no base.safetensors, but parts of this configuration ({', '.join(_base_prefixes(cfg))}) "
+    with warnings.catch_warnings():                 # a new projector is random only until model.safetensors is read
+        warnings.simplefilter("ignore", RandomProjectorWarning)
+        model = cls.from_config(cfg, tokenizer=tok, device=device)
+    trained = [k for k in model._trained_state()]
+    prefixes = _base_prefixes(cfg)
+    if (d / "base.safetensors").is_file():
+        base = [k for k in model.state_dict() if k.startswith(tuple(prefixes)) and k not in trained] if prefixes else []
+        model._load_into(load_file(str(d / "base.safetensors")), f"{d / 'base.safetensors'}", expected=base)
+    elif prefixes:
+        raise FileNotFoundError(f"{d} has no base.safetensors, but parts of this configuration ({', '.join(prefixes)}) "
                                 "have no local checkpoint to rebuild them from")
-    model._load_into(load_file(str(d / "model.safetensors")), "model.safetensors")
+    model._load_into(load_file(str(d / "model.safetensors")), f"{d / 'model.safetensors'}", expected=trained)
     return model
 
 LLMBindForCausalLM._trained_state, LLMBindForCausalLM._load_into = _trained_state, _load_into

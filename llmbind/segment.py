@@ -14,7 +14,7 @@ from torch import nn
 import torch.nn.functional as F
 from torchvision.transforms.functional import resize as tv_resize, to_pil_image
 from .config import SegmentConfig, ConfigError
-from .vision import to_rgb_array, ImageError, _as_list
+from .vision import to_rgb_array, ImageError, _as_list, compare_keys, report_keys
 
 # %% auto #0
 __all__ = ['SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'load_sam_state_dict', 'load_sam_checkpoint', 'freeze_sam', 'build_sam', 'SamBatch',
@@ -69,17 +69,16 @@ def load_sam_state_dict(path) -> dict:
     if not isinstance(sd, dict): raise ValueError(f"{path} does not hold a state dict (got {type(sd).__name__})")
     return sd
 
-def load_sam_checkpoint(sam: nn.Module, path) -> nn.Module:
-    "Load a checkpoint into `sam`, reporting missing, unexpected and mis-shaped keys."
-    sd, own = load_sam_state_dict(path), sam.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        raise ValueError(f"{path} does not fit this SAM: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
-                         f"{unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:3]}; check that segment.sam_type "
-                         "(tiny/vit_b/vit_l/vit_h and its sizes) matches the checkpoint")
-    sam.load_state_dict(sd)
+def load_sam_checkpoint(sam: nn.Module,        # a segment-anything Sam of the checkpoint's architecture
+                        path,                    # .pth or .safetensors
+                        strict: bool = True,     # missing / unexpected keys are an error (False: a warning)
+                       ) -> nn.Module:
+    "Load a checkpoint into `sam`; mis-shaped keys are an error, missing and unexpected ones too unless `strict=False`."
+    sd = load_sam_state_dict(path)
+    what = f"the SAM checkpoint {path} (check that segment.sam_type, tiny/vit_b/vit_l/vit_h and its sizes, matches it)"
+    missing, unexpected = compare_keys(sam.state_dict(), sd, what)
+    report_keys(missing, unexpected, what, strict)
+    sam.load_state_dict({k: v for k, v in sd.items() if k not in unexpected}, strict=False)
     return sam
 
 def freeze_sam(sam: nn.Module, train_mask_decoder: bool = True) -> nn.Module:
@@ -91,7 +90,8 @@ def freeze_sam(sam: nn.Module, train_mask_decoder: bool = True) -> nn.Module:
 # %% ../nbs/05_segment.ipynb #c5ed1359
 def build_sam(cfg: SegmentConfig,                # the `segment` section
               load_checkpoint: bool = True,      # False: architecture only (random, or on the meta device for counting)
-              seed: int = 0):                    # init seed of random weights (global RNG untouched)
+              seed: int = 0,                     # init seed of random weights (global RNG untouched)
+              strict: bool = True):              # missing / unexpected checkpoint keys are an error (False: a warning)
     "A segment-anything `Sam`: tiny from the config, or vit_b/vit_l/vit_h with weights from `cfg.checkpoint`."
     from segment_anything import sam_model_registry
     if cfg.sam_type != "tiny":
@@ -105,7 +105,7 @@ def build_sam(cfg: SegmentConfig,                # the `segment` section
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         sam = _build_tiny_sam(cfg) if cfg.sam_type == "tiny" else sam_model_registry[cfg.sam_type](checkpoint=None)
-    if load_checkpoint and cfg.checkpoint: load_sam_checkpoint(sam, cfg.checkpoint)
+    if load_checkpoint and cfg.checkpoint: load_sam_checkpoint(sam, cfg.checkpoint, strict)
     return freeze_sam(sam.eval(), cfg.train_mask_decoder)
 
 # %% ../nbs/05_segment.ipynb #82d793c9
@@ -312,10 +312,11 @@ class SegmentationModule(nn.Module):
     def __init__(self, cfg: SegmentConfig,               # the `segment` section
                  llm_hidden: int,                        # the LLM width
                  sam: Optional[nn.Module] = None,        # an already built Sam (default: build_sam(cfg))
-                 load_checkpoint: bool = True):          # passed to build_sam
+                 load_checkpoint: bool = True,           # passed to build_sam
+                 strict: bool = True):                   # passed to build_sam
         super().__init__()
         self.cfg = cfg
-        self.sam = sam if sam is not None else build_sam(cfg, load_checkpoint=load_checkpoint)
+        self.sam = sam if sam is not None else build_sam(cfg, load_checkpoint=load_checkpoint, strict=strict)
         self.text_hidden_fcs = TextToPrompt(llm_hidden, cfg.prompt_embed_dim)
         self.box_head = BoxHead(llm_hidden) if cfg.det_head else None
         self.class_head = ClassHead(llm_hidden, cfg.class_names) if cfg.class_names else None

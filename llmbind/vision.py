@@ -4,10 +4,10 @@
 
 # %% ../nbs/04_vision.ipynb #70a19d31
 from __future__ import annotations
-import contextlib
+import contextlib, json, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
@@ -16,8 +16,9 @@ from .config import VisionConfig, ConfigError
 
 # %% auto #0
 __all__ = ['CLIP_MEAN', 'CLIP_STD', 'IMAGE_POSITION_ID', 'PAD_POSITION_ID', 'ImageError', 'to_rgb_array', 'ImageProcessor',
-           'preprocess_images', 'VisionTower', 'build_vision_tower', 'build_projector', 'SpliceOutput',
-           'splice_image_features']
+           'preprocess_images', 'CheckpointKeyError', 'checkpoint_files', 'read_checkpoint', 'compare_keys',
+           'report_keys', 'load_checked', 'VisionTower', 'clip_vision_config', 'build_vision_tower', 'build_projector',
+           'SpliceOutput', 'splice_image_features']
 
 # %% ../nbs/04_vision.ipynb #1c1c5b97
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # OpenAI CLIP per-channel mean (RGB, 0-1 scale)
@@ -98,6 +99,83 @@ def preprocess_images(images, cfg: VisionConfig, resize_mode: str = "crop") -> t
     "Images -> `(B, 3, S, S)` CLIP input at `cfg.image_size`."
     return ImageProcessor(cfg.image_size, resize_mode=resize_mode)(images)
 
+# %% ../nbs/04_vision.ipynb #2b0d5db5
+class CheckpointKeyError(ValueError):
+    "A checkpoint does not fit the module built for it (missing, unexpected or mis-shaped tensors); the message names the keys."
+
+def checkpoint_files(folder) -> list[Path]:
+    "The weight files of a model folder: (sharded) safetensors first, else (sharded) pytorch `.bin`."
+    folder = Path(folder).expanduser()
+    for index, single in (("model.safetensors.index.json", "model.safetensors"), ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).is_file():
+            names = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            absent = [n for n in names if not (folder / n).is_file()]
+            if absent: raise FileNotFoundError(f"{folder / index} lists {len(absent)} shard(s) that are not in the folder, "
+                                               f"e.g. {absent[:2]}; finish copying the checkpoint")
+            return [folder / n for n in names]
+        if (folder / single).is_file(): return [folder / single]
+    raise FileNotFoundError(f"{folder} holds no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json]); "
+                            "copy the whole checkpoint folder there")
+
+def _keys_and_reader(file: Path):
+    "The keys of one weight file and a function that reads one tensor (nothing is read before it is asked for)."
+    if file.suffix == ".safetensors":
+        from safetensors import safe_open
+        f = safe_open(str(file), "pt")
+        return list(f.keys()), f.get_tensor
+    try: sd = torch.load(str(file), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError: sd = torch.load(str(file), map_location="cpu", weights_only=True)   # a pre-zip (torch < 1.6) file: no mmap
+    if not isinstance(sd, dict): raise ValueError(f"{file} does not hold a state dict (got {type(sd).__name__})")
+    return list(sd), sd.__getitem__
+
+def read_checkpoint(files: Sequence,                      # weight files (checkpoint_files)
+                    route: Callable,                      # key -> (part, new_key), or None to drop the key on purpose
+                    dtype: Optional[torch.dtype] = None,  # cast floating tensors to this dtype as they are read
+                   ) -> dict[str, dict]:
+    "Tensors of `files` grouped by part: `{part: {new_key: tensor}}`; only routed tensors are read."
+    parts = {}
+    for file in files:
+        keys, get = _keys_and_reader(Path(file))
+        for k in keys:
+            r = route(k)
+            if r is None: continue
+            part, new = r
+            t = get(k)
+            if dtype is not None and t.is_floating_point() and t.dtype != dtype: t = t.to(dtype)
+            if new in parts.setdefault(part, {}): raise CheckpointKeyError(f"{file}: two tensors map to {part} key {new!r}")
+            parts[part][new] = t
+    return parts
+
+def _few(keys: list, n: int = 4) -> str:
+    return f"{len(keys)} {keys[:n]}" + (" ..." if len(keys) > n else "")
+
+def compare_keys(own: dict,                    # the module's state_dict (tensors, possibly on the meta device)
+                 tensors: dict,                # what the checkpoint holds for it
+                 what: str) -> tuple[list, list]:  # e.g. "the LLM in /ckpt/llava"
+    "Missing and unexpected keys of `tensors` against `own`; a shape mismatch raises `CheckpointKeyError`."
+    missing = [k for k in own if k not in tensors]
+    unexpected = [k for k in tensors if k not in own]
+    shapes = [f"{k} {tuple(tensors[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    if shapes: raise CheckpointKeyError(f"{what}: {len(shapes)} tensors have another shape than the model's (checkpoint vs model), "
+                                        f"e.g. {shapes[:3]}; the configuration and the checkpoint describe different models")
+    return missing, unexpected
+
+def report_keys(missing: list, unexpected: list, what: str, strict: bool = True):
+    "Raise `CheckpointKeyError` naming missing and unexpected keys (`strict`), or warn."
+    if not missing and not unexpected: return
+    msg = (f"{what} does not fit: {_few(missing)} missing keys, {_few(unexpected)} unexpected keys. Check that the folder holds "
+           "the model the configuration names")
+    if strict: raise CheckpointKeyError(msg + "; to load it anyway (missing weights keep their random init, unexpected ones are "
+                                        "dropped) set strict_load=false (--set strict_load=false)")
+    warnings.warn(msg + " (strict_load=false: missing weights keep their random init, unexpected ones are dropped)", stacklevel=3)
+
+def load_checked(module: nn.Module, tensors: dict, what: str, strict: bool = True, unexpected: Sequence = ()) -> nn.Module:
+    "Copy `tensors` into `module` after `compare_keys`/`report_keys` (`unexpected`: more keys the checkpoint had for it)."
+    missing, extra = compare_keys(module.state_dict(), tensors, what)
+    report_keys(missing, list(unexpected) + extra, what, strict)
+    module.load_state_dict({k: v for k, v in tensors.items() if k not in extra}, strict=False)
+    return module
+
 # %% ../nbs/04_vision.ipynb #96549866
 @contextlib.contextmanager
 def _quiet_transformers():
@@ -156,26 +234,63 @@ class VisionTower(nn.Module):
         return feats[:, 1:] if self.select_feature == "patch" else feats
 
 # %% ../nbs/04_vision.ipynb #d58da64b
+_CLIP_TEXT_HALF = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
+
+def _is_llava_hf(cj: dict) -> bool:
+    return "text_config" in cj and "vision_config" in cj and cj.get("model_type") == "llava"
+
+def _clip_route(key: str):
+    "CLIP folder or llava-hf key -> ('clip', bare CLIP name); None for what is not the vision tower."
+    for p in ("model.vision_tower.", "vision_tower."):                  # llava-hf, transformers 5 and older layouts
+        if key.startswith(p): key = "vision_model." + key[len(p):].removeprefix("vision_model.")
+    if key.startswith(_CLIP_TEXT_HALF): return None                      # the text half of a full CLIPModel folder
+    if key.endswith("embeddings.position_ids"): return None              # a buffer (arange) older checkpoints stored
+    if key.startswith("vision_model."): return ("clip", key[len("vision_model."):])
+    if key.startswith(("language_model.", "model.", "multi_modal_projector.", "lm_head.")): return None  # llava-hf's other parts
+    return ("clip", key)                                                 # a bare CLIPVisionModel checkpoint
+
+def clip_vision_config(path):
+    "The `CLIPVisionConfig` of a CLIP folder (full CLIPModel or vision only) or of a llava-hf folder."
+    from transformers import CLIPVisionConfig
+    path = Path(path).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"vision.pretrained_path '{path}' is not a model folder (no config.json). Download a CLIP model "
+            "(e.g. openai/clip-vit-large-patch14) into a local folder yourself and point vision.pretrained_path at it; "
+            "llmbind never downloads weights.")
+    cj = json.loads((path / "config.json").read_text())
+    if _is_llava_hf(cj): return CLIPVisionConfig(**cj["vision_config"])
+    if cj.get("model_type") not in ("clip", "clip_vision_model"):
+        raise ConfigError(f"vision.pretrained_path '{path}' holds a {cj.get('model_type')!r} model, not CLIP; point it at a CLIP folder")
+    return CLIPVisionConfig(**cj["vision_config"]) if "vision_config" in cj else CLIPVisionConfig(**cj)
+
+def _load_clip(path: Path, strict: bool, seed: int):
+    "A CLIPVisionModel from a local folder, every key checked."
+    from transformers import CLIPVisionModel
+    c = clip_vision_config(path)
+    tensors = read_checkpoint(checkpoint_files(path), _clip_route).get("clip", {})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPVisionModel(c)
+    pre = "vision_model." if any(k.startswith("vision_model.") for k in model.state_dict()) else ""   # transformers < 5
+    return load_checked(model, {pre + k: v for k, v in tensors.items()}, f"the CLIP vision tower in {path}", strict).eval()
+
 def build_vision_tower(cfg: VisionConfig,        # the `vision` section
                        frozen: bool = True,      # freeze the tower (the paper and LISA do)
-                       seed: int = 0) -> VisionTower:  # init seed of a random tower (global RNG untouched)
-    "A random CLIP tower from `cfg`, or a real one from `cfg.pretrained_path` (local files only)."
+                       seed: int = 0,            # init seed of a random tower (global RNG untouched)
+                       strict: bool = True,      # missing / unexpected checkpoint keys are an error (False: a warning)
+                      ) -> VisionTower:
+    "A random CLIP tower from `cfg`, or a real one from `cfg.pretrained_path` (a CLIP or llava-hf folder; local files only)."
     from transformers import CLIPVisionConfig, CLIPVisionModel
     if cfg.pretrained_path:
         path = Path(cfg.pretrained_path).expanduser()
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(
-                f"vision.pretrained_path '{path}' is not a model folder (no config.json). Download a CLIP model "
-                "(e.g. openai/clip-vit-large-patch14) into a local folder yourself and point vision.pretrained_path at it; "
-                "llmbind never downloads weights.")
-        with _quiet_transformers():
-            model = CLIPVisionModel.from_pretrained(str(path), local_files_only=True)
-        c = model.config
+        c = clip_vision_config(path)
         for key, have in (("image_size", c.image_size), ("patch_size", c.patch_size),
                           ("hidden_size", c.hidden_size), ("num_layers", c.num_hidden_layers)):
             if getattr(cfg, key) != have:
                 raise ConfigError(f"vision.{key}={getattr(cfg, key)} but the checkpoint in {path} has {have}; "
                                   f"set vision.{key}={have}")
+        model = _load_clip(path, strict, seed)
     else:
         c = CLIPVisionConfig(image_size=cfg.image_size, patch_size=cfg.patch_size, hidden_size=cfg.hidden_size,
                              num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads,
