@@ -13,19 +13,20 @@ import torch
 from torch import nn
 from .config import LLMBindConfig, paper_mixture
 from .tokens import IMAGE_TOKEN, format_vicuna, task_token_strings, parse_response, tiny_tokenizer, add_task_tokens
-from .mixing import MixtureSampler
-from .data import LLMBindCollator, Sample
+from .data import Sample
 from .synthetic import ensure_shapes_world, load_shapes_world
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats, lora_moe_layers
+# stage B's pieces live in the pipeline layer; the demo names them as before
+from .pipeline import (SYSTEM, with_system, ChatCollator, chat_collator, task_tokenizer, DataStream, build_model,
+                              model_fn, data_fn, eval_fn, stats_fn, pipeline_functions, _leaf_of, _short)
 
 # %% auto #0
-__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'SYSTEM', 'COPY_ASKS', 'COPY_ANSWERS', 'PROMPT_TASKS', 'EVAL_PER_LEAF', 'TARGETS',
-           'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample', 'train_demo_tokenizer',
-           'demo_tokenizer', 'with_system', 'DemoCollator', 'demo_collator', 'DemoData', 'copy_words', 'copy_dialogues',
-           'train_stage_a', 'pretrain_sam', 'DemoLLMBind', 'model_fn', 'data_fn', 'eval_fn', 'stats_fn', 'eval_turns',
-           'turn_kind', 'evaluate_demo', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'write_report',
-           'run_demo', 'demo_command']
+__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'DemoCollator', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS',
+           'PROMPT_TASKS', 'EVAL_PER_LEAF', 'TARGETS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags',
+           'plain_sample', 'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a',
+           'pretrain_sam', 'eval_turns', 'turn_kind', 'evaluate_demo', 'routing_by_task', 'plot_losses', 'plot_routing',
+           'plot_masks', 'write_report', 'run_demo', 'demo_command']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -62,10 +63,6 @@ def demo_config(out_dir, steps_b: int = 500, quick: bool = False, seed: int = 0,
     d = cfg.to_dict(); d["data"]["mix"] = demo_mixture()
     return LLMBindConfig.from_dict(d)
 
-def _leaf_of(key: str) -> str:
-    "Mixture leaf path -> shapes-world leaf ('grounded/det' -> 'det')."
-    return key.split("/", 1)[1] if key.startswith("grounded/") else key
-
 # %% ../nbs/11a_demo.ipynb #3edd36bc
 _TAG_RE = re.compile("|".join(re.escape(t) for t in sorted(set(task_token_strings()) - {IMAGE_TOKEN}, key=len, reverse=True)))
 
@@ -94,95 +91,16 @@ def train_demo_tokenizer(data_dir,                # a shapes world (written by `
     tok.save_pretrained(str(path))
     return tok
 
-class _Cache:
-    "Loaded samples of one split, read on first use."
-    def __init__(self, samples: dict): self.samples, self.loaded = samples, {}
-    def get(self, leaf: str, i: int):
-        k = (leaf, i)
-        if k not in self.loaded: self.loaded[k] = self.samples[leaf][i].load()
-        return self.loaded[k]
+DemoCollator, demo_collator, demo_tokenizer = ChatCollator, chat_collator, task_tokenizer   # the names the demo's users know
 
-def demo_tokenizer(cfg: LLMBindConfig):
-    "The base tokenizer with the task tokens (same ids as the model's)."
-    tok = build_tokenizer(cfg); add_task_tokens(tok)
-    tok.model_max_length = 10**9          # the collator truncates by rounds itself; no length warning from the tokenizer
-    return tok
-
-SYSTEM = "A chat."   # short system turn: the Vicuna one takes 85 of this tokenizer's tokens
-
-class _Checked(Sample):
-    "A sample that was validated and loaded already, with the demo's system turn in front."
-    def validate(self): return self
-    def load(self): return self
-
-def with_system(s) -> Sample:
-    "`s` validated and loaded, with the short system turn first (tokenize_conversation keeps it unsupervised)."
-    s = s.validate().load()
-    return _Checked(**{**s.__dict__, "messages": [{"role": "system", "content": SYSTEM}] + list(s.messages)})
-
-class DemoCollator(LLMBindCollator):
-    "`LLMBindCollator` with the short system turn."
-    def __call__(self, samples): return super().__call__([with_system(s) for s in samples])
-
-def demo_collator(cfg: LLMBindConfig, tokenizer) -> LLMBindCollator:
-    return DemoCollator(tokenizer, sam_image_size=cfg.segment.image_size, max_length=cfg.llm.model_max_length,
-                           image_length=cfg.vision.num_patches, image_size=cfg.vision.image_size, on_too_long="drop")
-
-class DemoData:
-    "Endless collated batches drawn through `MixtureSampler` from the shapes world; rank-sharded, length-grouped and resumable."
+class DemoData(DataStream):
+    "`DataStream` over the shapes world in `data_dir`; `plain=True` takes the task tags out of the answers (stage A)."
     def __init__(self, cfg: LLMBindConfig, data_dir, split: str = "train", mix: Optional[dict] = None, batch_size: int = 8,
                  seed: int = 0, rank: int = 0, world_size: int = 1, plain: bool = False,
                  extra: Optional[dict] = None,      # {leaf: [Sample, ...]}: leaves held in memory instead of the world
                  group: int = 1):                   # draw this many batches at once and regroup them by length (1: off)
-        if group < 1: raise ValueError(f"group must be at least 1, got {group}")
-        mix = mix if mix is not None else cfg.data.mix
-        probe = MixtureSampler(mix, {k: 1 for k in _mix_leaves(mix)}, seed=seed)
-        keys, extra = probe.leaves, dict(extra or {})
-        wanted = sorted({_leaf_of(k) for k in keys if k not in extra})
-        world = load_shapes_world(data_dir, split, leaves=wanted, seed=seed) if wanted else {}
-        world.update({k: list(v) for k, v in extra.items() if k in keys})
-        self.cache = _Cache(world)
-        self.sampler = MixtureSampler(mix, {k: len(world[_leaf_of(k)]) for k in keys}, seed=seed, rank=rank, world_size=world_size)
-        self.collate = demo_collator(cfg, demo_tokenizer(cfg))
-        self.batch_size, self.plain, self.group, self.seed, self.rank = batch_size, plain, group, seed, rank
-        self._pool, self._pos, self._pools, self._pool_state = [], 0, 0, None
-    def __iter__(self): return self
-    def _length(self, draw) -> int:
-        "Characters of a drawn sample, plus some for its image: the sort key of length grouping."
-        s = self.cache.get(_leaf_of(draw[0]), draw[1])
-        return sum(len(m["content"]) for m in s.messages) + (64 if s.image is not None else 0)
-    def _refill(self, skip: int = 0):
-        "Take `group` batches from the sampler, sort them by length, cut and shuffle the batches (same pool again on resume)."
-        self._pool_state = self.sampler.state_dict()
-        draws = self.sampler.take(self.batch_size * self.group)
-        if self.group > 1: draws = sorted(draws, key=self._length)
-        pool = [draws[i:i + self.batch_size] for i in range(0, len(draws), self.batch_size)]
-        random.Random(f"{self.seed}|{self.rank}|{self._pools}").shuffle(pool)
-        self._pool, self._pos = pool, skip
-    def __next__(self) -> dict:
-        if self._pos >= len(self._pool): self._refill()
-        draws = self._pool[self._pos]; self._pos += 1
-        if self._pos >= len(self._pool): self._pools += 1
-        ss = [self.cache.get(_leaf_of(k), i) for k, i in draws]
-        if self.plain: ss = [plain_sample(s) for s in ss]
-        b = self.collate(ss)
-        for k in ("sources", "truncated", "dropped"): b.pop(k, None)
-        return b
-    def state_dict(self) -> dict:
-        if self._pos >= len(self._pool): return {"sampler": self.sampler.state_dict(), "pos": 0, "pools": self._pools}
-        return {"sampler": self._pool_state, "pos": self._pos, "pools": self._pools}
-    def load_state_dict(self, state: dict):
-        self.sampler.load_state_dict(state["sampler"]); self._pools = state.get("pools", 0)
-        self._pool, self._pos = [], 0
-        if state.get("pos", 0): self._refill(skip=state["pos"])
-        return self
-
-def _mix_leaves(mix: dict, prefix: str = "") -> list:
-    out = []
-    for k, v in mix.items():
-        if isinstance(v, dict): out += _mix_leaves(v["children"], f"{prefix}{k}/")
-        else: out.append(f"{prefix}{k}")
-    return out
+        super().__init__(cfg, split, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, mix=mix,
+                         data_dir=data_dir, extra=extra, group=group, transform=plain_sample if plain else None)
 
 # %% ../nbs/11a_demo.ipynb #5ecb1da3
 _STOP = {"a", "an", "the", "in", "at", "on", "to", "and", "from", "up", "down", "of", "into"}
@@ -400,54 +318,6 @@ def pretrain_sam(model, data_dir, steps: int = 300, batch_size: int = 32, lr: fl
     return {"steps": steps, "images": len(images), "masks": len(pairs), "time_s": time.perf_counter() - t0,
             "loss": float(np.mean(losses[-20:])) if losses else None, "train_encoder": train_encoder,
             "val_point_ciou": inter / union if union else None, "val_masks": len(vp)}
-
-# %% ../nbs/11a_demo.ipynb #72145eae
-class DemoLLMBind(LLMBindForCausalLM):
-    "LLMBind whose training loss touches every trainable parameter (times 0), so ZeRO reduces the same buckets on every rank; in training the LM head runs only where a label is predicted."
-    def forward(self, *args, **kwargs):
-        if self.training: kwargs.setdefault("supervised_logits", True)
-        out = super().forward(*args, **kwargs)
-        if out.loss is not None and self.training:
-            out.loss = out.loss + 0.0 * sum(p.view(-1)[0] for p in self.parameters() if p.requires_grad)
-        return out
-
-def model_fn(cfg: LLMBindConfig, base_dir: Optional[str] = None, weights: Optional[str] = None) -> LLMBindForCausalLM:
-    "Stage B model: the stage-A base + task tokens (mean init) + LoRA-MoE, frozen as in the paper."
-    from safetensors.torch import load_file
-    model = DemoLLMBind.from_config(cfg, seed=cfg.train.seed)
-    base = Path(base_dir) if base_dir else (Path(cfg.llm.pretrained_path).parent if cfg.llm.pretrained_path else None)
-    if base is not None and (base / "extra.safetensors").is_file():      # projector, CLIP tower and SAM of stage A
-        model.load_state_dict(load_file(str(base / "extra.safetensors")), strict=False)
-    if weights: model.load_state_dict(load_file(str(weights)), strict=True)
-    model.tokenizer.model_max_length = 10**9
-    model.apply_freezing()
-    return model
-
-def data_fn(cfg: LLMBindConfig, rank: int = 0, world_size: int = 1, seed: int = 0, **kw) -> DemoData:
-    "Stage B data: the demo mixture over the train split, micro-batches of `train.micro_batch_size`."
-    return DemoData(cfg, cfg.data.data_dir, batch_size=cfg.train.micro_batch_size, seed=seed, rank=rank, world_size=world_size, **kw)
-
-def eval_fn(model, cfg: LLMBindConfig, rank: int = 0, world_size: int = 1, batches: int = 1) -> dict:
-    "Held-out loss terms on a few validation batches (teacher forcing)."
-    data = DemoData(cfg, cfg.data.data_dir, split="val", batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed + 1,
-                    rank=rank, world_size=world_size)
-    sums = {}
-    for _ in range(batches):
-        b = next(data); b.pop("ids", None)
-        o = model(**b)
-        for k, v in dict(o.terms).items(): sums.setdefault(k, []).append(float(v))
-    return {k: float(np.mean(v)) for k, v in sums.items()}
-
-def _short(name: str) -> str:
-    m = re.search(r"layers\.(\d+)\.mlp\.(\w+)", name)
-    return f"L{m.group(1)}.{m.group(2).replace('_proj', '')}" if m else name
-
-def stats_fn(model) -> dict:
-    "Expert load of every LoRA-MoE linear in the last forward: `routing/L0.gate/e0` ..."
-    out = {}
-    for name, st in routing_stats(model.llm).items():
-        for i, v in enumerate(st.load.tolist()): out[f"routing/{_short(name)}/e{i}"] = v
-    return out
 
 # %% ../nbs/11a_demo.ipynb #fe392974
 PROMPT_TASKS = ("gen", "edit", "audio", "video")
@@ -708,8 +578,7 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     # costs ~0.035 s a step (the weights come out the same either way)
     if old_shm is None: os.environ["LLMBIND_DS_SHM"] = "cached"
     try:
-        sb = launch(nproc, cfg, model_fn="llmbind.demo:model_fn", data_fn="llmbind.demo:data_fn", out_dir=out / "stage_b",
-                    eval_fn="llmbind.demo:eval_fn", stats_fn="llmbind.demo:stats_fn", progress=progress)
+        sb = launch(nproc, cfg, out_dir=out / "stage_b", progress=progress, **pipeline_functions(cfg))
     finally:
         if old_pp is None: os.environ.pop("PYTHONPATH", None)
         else: os.environ["PYTHONPATH"] = old_pp

@@ -207,14 +207,15 @@ def part_train(out: Path, device: str = "cpu", precision: str = "fp32"):
 def part_stage_b(work: Path, device: str = "cuda", steps: int = 20, precision: str = "fp32"):
     "Stage B of the demo (the real tiny LLMBind model) on `device`, from the quick demo's world and stage-A base."
     from llmbind.demo import demo_config
+    from llmbind.pipeline import pipeline_functions
     from llmbind.train import launch, read_metrics
     demo = work / "demo"
     if not (demo / "stage_a").exists(): raise FileNotFoundError("run the demo part first (it writes the world and the stage-A base)")
     cfg = demo_config(demo, steps_b=steps, quick=True).override(f"device={device}", "train.nproc=1", f"train.eval_every={steps}",
                                                               f"train.save_every={steps}", f"train.precision={precision}")
     t0 = time.time()
-    s = launch(1, cfg, model_fn="llmbind.demo:model_fn", data_fn="llmbind.demo:data_fn", out_dir=work / f"stage_b_{device}_{precision}",
-               eval_fn="llmbind.demo:eval_fn", stats_fn="llmbind.demo:stats_fn", quiet=True, progress=False, overwrite=True)
+    s = launch(1, cfg, out_dir=work / f"stage_b_{device}_{precision}", quiet=True, progress=False, overwrite=True,
+               **pipeline_functions(cfg))
     tr = read_metrics(work / f"stage_b_{device}_{precision}", "train")
     ev = read_metrics(work / f"stage_b_{device}_{precision}", "eval")
     say(f"### Demo stage B (LLMBind: task tokens, LoRA-MoE, SAM, DeepSpeed ZeRO-2) with device {device!r}, precision {precision}")

@@ -20,7 +20,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-from llmbind.demo import demo_collator
+from llmbind.pipeline import chat_collator
 from llmbind.losses import dice_loss, sigmoid_bce_loss
 from llmbind.model import LLMBindForCausalLM
 from llmbind.segment import decode_masks, gather_embedding_states
@@ -95,7 +95,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = LLMBindForCausalLM.from_pretrained(a.run / "model").eval()
     cfg = model.cfg
-    collate = demo_collator(cfg, model.tokenizer)
+    collate = chat_collator(cfg, model.tokenizer)
     train = collect(model, collate, a.run / "data", "train", a.records)
     held = collect(model, collate, a.run / "data_pairs", "test", 10**6)
     print(f"cached {len(train[0])} training and {len(held[0])} held-out-pair <seg> states ({time.perf_counter() - t0:.0f}s)")
