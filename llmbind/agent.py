@@ -11,7 +11,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from .config import LLMBindConfig, ConfigError
+from .config import LLMBindConfig, ConfigError, apply_paths
 from .tokens import TASK_TOKENS, TASKS, IMAGE_TOKEN, TaskCall, ParseProblem, format_vicuna
 from .model import LLMBindForCausalLM, ModelInputError
 from .generators import (Artifact, GeneratorRegistry, GeneratorNotConfigured, MissingImageError,
@@ -472,7 +472,12 @@ def _chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", help="an image file to attach to the message")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="RUN_DIR", help="a trained run (RUN_DIR/model or RUN_DIR written by save_pretrained)")
-    src.add_argument("--preset", choices=["tiny"], help="untrained tiny model with tiny random generators (the default)")
+    src.add_argument("--preset", choices=["tiny", "paper_7b"], help="untrained LLMBind parts: tiny (the default: tiny random model and "
+                     "generators) or paper_7b (on the checkpoints in --checkpoints)")
+    src.add_argument("--config", metavar="FILE", help="a JSON/YAML config: untrained LLMBind parts on the checkpoints it names")
+    p.add_argument("--checkpoints", metavar="DIR", help="folder holding the checkpoints under their usual names (LLaVA-Lightning-7B-v1-1, "
+                   "clip-vit-large-patch14, sam_vit_h_4b8939.pth, ...): sets every checkpoint path (with --checkpoint: the generators')")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (data.data_dir)")
     p.add_argument("--out", default="llmbind_chat", help="folder for artifacts and conversation.json (default: ./llmbind_chat)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
     p.add_argument("--response", help="carry out this response (task tags) instead of asking the model for one")
@@ -488,11 +493,18 @@ def _agent_from_args(a) -> LLMBindAgent:
         d = Path(a.checkpoint).expanduser()
         if not d.is_dir(): raise UserError(f"--checkpoint: run folder {d} does not exist")
         gens = None
-        if a.set:
+        if a.set or a.checkpoints:   # the generators' folders; the model's frozen parts load from the paths its config.json names
             base = LLMBindConfig.from_file(d / "config.json") if (d / "config.json").is_file() else \
                 LLMBindConfig.from_file(_model_folder(d) / "config.json")
-            gens = base.override(*a.set)
+            gens = apply_paths(base, a.checkpoints)
+            if a.set: gens = gens.override(*a.set)
         return LLMBindAgent.from_run(d, generators=gens, **kw)
+    if a.config or a.preset == "paper_7b" or a.checkpoints or a.data_root:
+        cfg = LLMBindConfig.from_file(a.config) if a.config else LLMBindConfig.from_preset(a.preset or "tiny")
+        cfg = apply_paths(cfg, a.checkpoints, a.data_root)
+        if a.set: cfg = cfg.override(*a.set)
+        model = LLMBindForCausalLM.from_config(cfg)
+        return LLMBindAgent(model, _registry_for(cfg, str(model.device), cfg.dtype), **kw)
     if a.set:
         cfg = LLMBindConfig.tiny().override(*a.set)
         return LLMBindAgent(LLMBindAgent.from_preset("tiny").model, GeneratorRegistry.from_config(cfg), **kw)

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, importlib, sys, json
 from typing import Optional, Sequence
-from .config import LLMBindConfig, ConfigError
+from .config import LLMBindConfig, ConfigError, apply_paths
 
 # %% auto #0
 __all__ = ['COMMANDS', 'UserError', 'config_command', 'main']
@@ -36,14 +36,18 @@ def _resolve(name: str):
 
 # %% ../nbs/17_cli.ipynb #1ab08c9b
 def config_command(argv: Sequence[str]) -> int:
-    "`llmbind config [--preset P | --config FILE] [--set k=v ...] [--save FILE]`: print the resolved config as JSON."
+    "`llmbind config [--preset P | --config FILE] [--checkpoints DIR] [--data-root DIR] [--set k=v ...] [--save FILE]`: print the resolved config as JSON."
     p = argparse.ArgumentParser(prog="llmbind config", description="Print, save or check a configuration.")
     p.add_argument("--preset", default="tiny", help="tiny or paper_7b (ignored with --config)")
     p.add_argument("--config", help="a JSON/YAML config file to check and print")
+    p.add_argument("--checkpoints", metavar="DIR", help="folder holding the checkpoints under their usual names (LLaVA-Lightning-7B-v1-1, "
+                   "clip-vit-large-patch14, sam_vit_h_4b8939.pth, ...): sets every checkpoint path")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (data.data_dir)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides such as moe.top_k=1")
     p.add_argument("--save", help="write the resolved config to this file (.json/.yaml)")
     a = p.parse_args(list(argv))
     cfg = LLMBindConfig.from_file(a.config) if a.config else LLMBindConfig.from_preset(a.preset)
+    cfg = apply_paths(cfg, a.checkpoints, a.data_root)
     if a.set: cfg = cfg.override(*a.set)
     if a.save: print(f"saved {cfg.save(a.save)}", file=sys.stderr)
     print(json.dumps(cfg.to_dict(), indent=2))

@@ -11,7 +11,8 @@ from typing import Any, Optional, Union
 
 # %% auto #0
 __all__ = ['ConfigError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig', 'paper_datasets',
-           'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig', 'LLMBindConfig']
+           'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig', 'LLMBindConfig',
+           'apply_paths']
 
 # %% ../nbs/00_config.ipynb #200bdec0
 class ConfigError(ValueError):
@@ -535,3 +536,19 @@ def _override(self, *assignments: str) -> "LLMBindConfig":
     return type(self).from_dict(d)
 
 LLMBindConfig.save, LLMBindConfig.from_file, LLMBindConfig.override = _save, _from_file, _override
+
+# %% ../nbs/00_config.ipynb #5347c120
+def apply_paths(cfg: LLMBindConfig,                  # any config: a preset or one read from a file
+                checkpoints: Optional[str] = None,   # folder holding the checkpoints under paper_7b's folder names
+                data_root: Optional[str] = None,     # folder holding the datasets (becomes data.data_dir)
+               ) -> LLMBindConfig:
+    "A copy of `cfg` whose checkpoint paths point into `checkpoints` and whose data folder is `data_root`."
+    d = cfg.to_dict()
+    if checkpoints:
+        named, blank = LLMBindConfig.paper_7b(checkpoints).to_dict(), LLMBindConfig.paper_7b().to_dict()
+        for sec, vals in named.items():        # the fields paper_7b fills from checkpoints_dir: exactly its paths
+            if isinstance(vals, dict):
+                for k, v in vals.items():
+                    if v != blank[sec][k]: d[sec][k] = v
+    if data_root: d["data"]["data_dir"] = str(Path(data_root).expanduser())
+    return LLMBindConfig.from_dict(d)

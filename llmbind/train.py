@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_train.ipynb #4a96898b
 from __future__ import annotations
-import argparse, base64, copy, importlib, json, logging, math, os, random, re, shutil, socket, subprocess, sys, time, warnings
+import argparse, base64, contextlib, copy, importlib, json, logging, math, os, random, re, shutil, socket, subprocess, sys, tempfile, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -12,18 +12,19 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .config import LLMBindConfig, TrainConfig, ConfigError
+from .config import LLMBindConfig, TrainConfig, ConfigError, apply_paths
 from .tokens import tiny_llama
 from .mixing import MixtureSampler
 
 # %% auto #0
-__all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'LATEST', 'METRICS', 'device_type_for', 'resolve_precision',
-           'quiet_deepspeed', 'deepspeed_config', 'optimizer_for', 'warmup_decay_lr', 'deepspeed_scheduler',
-           'TrainOutput', 'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData', 'standin_model', 'standin_data',
-           'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached', 'use_shm_op', 'checkpoint_tag',
-           'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint', 'rng_state', 'set_rng_state',
-           'read_metrics', 'MetricsLog', 'train', 'prepare_run_dir', 'launch', 'worker_main', 'check_paths',
-           'pipeline_for', 'resolve_config', 'train_command']
+__all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'LATEST', 'METRICS', 'FULL_STATE_MAX_PARAMS', 'device_type_for',
+           'resolve_precision', 'quiet_deepspeed', 'deepspeed_config', 'optimizer_for', 'warmup_decay_lr',
+           'deepspeed_scheduler', 'TrainOutput', 'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData',
+           'standin_model', 'standin_data', 'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached',
+           'use_shm_op', 'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint',
+           'rng_state', 'set_rng_state', 'read_metrics', 'MetricsLog', 'enable_checkpointing', 'train',
+           'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for',
+           'resolve_config', 'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #3f46c361
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -87,19 +88,33 @@ def deepspeed_config(train_cfg: TrainConfig,              # optimisation setting
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if t.offload == "cpu": _add_offload(ds, t.zero_stage, device_type)
     if overrides:
         _deep_update(ds, overrides)
         if "train_batch_size" not in overrides:  # keep the three batch numbers consistent
             ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
     return ds
 
+def _add_offload(ds: dict, stage: int, device_type: str):
+    "ZeRO-Offload: optimizer states (and with ZeRO-3 the parameters) live in host memory."
+    if stage == 0: raise ConfigError("train.offload=cpu needs ZeRO: set train.zero_stage to 1, 2 or 3 (3 offloads the weights too)")
+    where = {"device": "cpu", "pin_memory": device_type == "cuda"}   # pinned host memory speeds up the copies to a GPU
+    ds["zero_optimization"]["offload_optimizer"] = dict(where)
+    if stage == 3: ds["zero_optimization"]["offload_param"] = dict(where)
+    ds["zero_force_ds_cpu_optimizer"] = False      # our torch AdamW on a CPU; on a GPU `optimizer_for` picks DeepSpeedCPUAdam
+
 def optimizer_for(model: nn.Module,          # the model; only parameters with requires_grad are optimised
-                  train_cfg: TrainConfig,    # lr, betas, weight decay
+                  train_cfg: TrainConfig,    # lr, betas, weight decay, offload
+                  device_type: str = "cpu",  # "cuda" with train.offload=cpu takes DeepSpeed's CPU Adam
                  ) -> torch.optim.Optimizer:
-    "The `torch.optim.AdamW` handed to DeepSpeed (the schedule then drives its learning rate)."
+    "The AdamW handed to DeepSpeed: `torch.optim.AdamW`, or DeepSpeedCPUAdam when a GPU run offloads it to the CPU."
     params = [p for p in model.parameters() if p.requires_grad]
     if not params: raise ValueError("the model has no trainable parameters (every requires_grad is False)")
-    return torch.optim.AdamW(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay, eps=1e-8)
+    kw = dict(lr=train_cfg.lr, betas=tuple(train_cfg.betas), weight_decay=train_cfg.weight_decay, eps=1e-8)
+    if train_cfg.offload == "cpu" and device_type == "cuda":   # the Adam step runs on the host: the vectorised C++ one
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        return DeepSpeedCPUAdam(params, adamw_mode=True, **kw)
+    return torch.optim.AdamW(params, **kw)
 
 # %% ../nbs/11_train.ipynb #75092bfa
 def warmup_decay_lr(step: int,             # optimizer step, counting from 1
@@ -307,12 +322,15 @@ def shm_op_cached(ext_dir: Optional[str] = None) -> bool:
     d = Path(ext_dir or os.environ.get("TORCH_EXTENSIONS_DIR") or Path(TORCH_EXTENSIONS_DEFAULT)).expanduser()
     return any(d.glob(f"*/{SHM_OP}/{SHM_OP}*.so"))
 
-def use_shm_op(device_type: str = "cpu", world_size: Optional[int] = None) -> bool:
-    "Apply `LLMBIND_DS_SHM` (1, 0 or cached) before DeepSpeed starts; returns whether the op will be used (never for one rank)."
+def use_shm_op(device_type: str = "cpu", world_size: Optional[int] = None,
+               local_world_size: Optional[int] = None,   # ranks on this node: shared memory cannot span nodes
+              ) -> bool:
+    "Apply `LLMBIND_DS_SHM` (1, 0 or cached) before DeepSpeed starts; returns whether the op will be used (never for one rank or several nodes)."
     mode = os.environ.get("LLMBIND_DS_SHM", "1")
     if mode not in ("0", "1", "cached"): raise ConfigError(f"LLMBIND_DS_SHM must be 0, 1 or cached, got {mode!r}")
     if device_type != "cpu": return False
-    use = (mode == "1" or (mode == "cached" and shm_op_cached())) and (world_size is None or world_size > 1)
+    use = (mode == "1" or (mode == "cached" and shm_op_cached())) and (world_size is None or world_size > 1) \
+          and local_world_size in (None, world_size)
     if not use:
         import deepspeed.ops
         deepspeed.ops.__compatible_ops__[SHM_OP] = False   # DeepSpeed then uses torch.distributed (gloo) directly
@@ -457,7 +475,8 @@ def _init_distributed(device_type: str) -> tuple[int, int, int, bool]:
     for k, v in worker_env(device_type, base={}).items(): os.environ.setdefault(k, v)
     import deepspeed
     quiet_deepspeed()
-    shm = use_shm_op(device_type, world_size=int(os.environ.get("WORLD_SIZE", 1)))   # one rank has nobody to share memory with
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    shm = use_shm_op(device_type, world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))   # one rank has nobody to share memory with
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device_type == "cuda": torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if device_type == "cuda" else "gloo")
@@ -487,18 +506,59 @@ def _count_tokens(batch: dict) -> int:
     return int(batch["input_ids"].numel()) if torch.is_tensor(batch.get("input_ids")) else 0
 
 # %% ../nbs/11_train.ipynb #aa1ff3bd
-def _save_final_weights(engine, out_dir: Path, rank: int, zero_stage: int):
+FULL_STATE_MAX_PARAMS = 10**9   # "auto" also writes the complete state dict for models up to this size
+
+@contextlib.contextmanager
+def _whole_weights(module: nn.Module, sd: Optional[dict]):
+    "Inside, `module`'s parameters are the full tensors of `sd` (a ZeRO-3 module holds only empty placeholders)."
+    if sd is None: yield module; return
+    old = {n: p.data for n, p in module.named_parameters()}
+    try:
+        for n, p in module.named_parameters():
+            if n in sd: p.data = sd[n]
+        yield module
+    finally:
+        for n, p in module.named_parameters(): p.data = old[n]
+
+def _save_final_weights(engine, out_dir: Path, rank: int, zero_stage: int, mode: Union[bool, str] = "auto"):
+    "RUN/model via the module's `save_pretrained` and/or RUN/model.safetensors (the whole state dict); see `train`."
     from safetensors.torch import save_file
-    sd = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else engine.module.state_dict()
-    if rank == 0 and sd is not None:
+    mode = {True: "auto", False: "none"}.get(mode, mode)
+    if mode not in ("auto", "model", "full", "both", "none"): raise ValueError(f"save_weights must be auto, model, full, both or none, got {mode!r}")
+    module = engine.module
+    folder = mode in ("auto", "model", "both") and callable(getattr(module, "save_pretrained", None))
+    if mode == "model" and not folder: raise ValueError(f"save_weights='model': {type(module).__name__} has no save_pretrained")
+    n = sum(getattr(p, "ds_numel", p.numel()) for p in module.parameters())
+    full = mode in ("full", "both") or (mode == "auto" and (not folder or n <= FULL_STATE_MAX_PARAMS))
+    if not (folder or full): return
+    # ZeRO-3: gathered module by module onto rank 0's CPU (a collective: every rank takes part)
+    sd = engine._zero3_consolidated_16bit_state_dict() if zero_stage == 3 else (module.state_dict() if rank == 0 else None)
+    if rank != 0: return
+    if full:
         tensors = {k: v.detach().cpu().clone().contiguous() for k, v in sd.items()}
         tmp = out_dir / ".model.safetensors.tmp"
         save_file(tensors, str(tmp)); os.replace(tmp, out_dir / "model.safetensors")
+    if folder:
+        tmp, final = out_dir / ".model.tmp", out_dir / "model"
+        if tmp.exists(): shutil.rmtree(tmp)
+        with _whole_weights(module, sd if zero_stage == 3 else None): module.save_pretrained(tmp)
+        if final.exists(): shutil.rmtree(final)
+        os.replace(tmp, final); _fsync_dir(out_dir)
+
+def enable_checkpointing(model: nn.Module) -> nn.Module:
+    "Turn on activation (gradient) checkpointing in the transformer inside `model` (itself or a direct child)."
+    for m in [model, *model.children()]:
+        if callable(getattr(m, "activation_checkpointing_enable", None)):      # transformers 5's name
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}); return model
+        if callable(getattr(m, "gradient_checkpointing_enable", None)):        # older transformers
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}); return model
+    raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer with activation checkpointing "
+                      f"(set train.gradient_checkpointing=false)")
 
 def train(cfg: LLMBindConfig,                                  # the full config; cfg.train drives the engine
           model_fn: Union[str, Callable],                      # model_fn(cfg, **model_kwargs) -> nn.Module
           data_fn: Union[str, Callable],                       # data_fn(cfg, rank=, world_size=, seed=, **data_kwargs) -> batch iterator
-          out_dir: Union[str, Path],                           # run folder: config.json, metrics.jsonl, checkpoints/, model.safetensors
+          out_dir: Union[str, Path],                           # run folder: config.json, metrics.jsonl, checkpoints/, model/, model.safetensors
           eval_fn: Union[str, Callable, None] = None,          # eval_fn(model, cfg, rank=, world_size=) -> {name: float}
           stats_fn: Union[str, Callable, None] = None,         # stats_fn(model) -> {name: float}, logged every step
           resume: bool = False,                                # continue from checkpoints/latest
@@ -509,7 +569,9 @@ def train(cfg: LLMBindConfig,                                  # the full config
           progress: bool = True,                               # tqdm bar on rank 0
           keep_checkpoints: int = 2,                           # published checkpoints kept
           max_bad_batches: int = 20,                           # consecutive non-finite batches before giving up
-          save_weights: bool = True,                           # write model.safetensors at the end (rank 0)
+          save_weights: Union[bool, str] = "auto",             # at the end: "model" RUN/model (save_pretrained), "full" RUN/model.safetensors,
+                                                               # "both", "none"; "auto": the folder when the module can write one, the
+                                                               # full state dict when it cannot or has at most FULL_STATE_MAX_PARAMS
           crash_in_save: Optional[int] = None,                 # testing: hard-exit rank 0 while saving this step's checkpoint
          ) -> dict:
     "Train on the DeepSpeed engine in this rank (started by `launch`, or a plain process as rank 0 of 1); returns a summary."
@@ -521,8 +583,9 @@ def train(cfg: LLMBindConfig,                                  # the full config
     device_type = device_type_for(cfg)
     rank, world, local_rank, shm = _init_distributed(device_type)
     import torch.distributed as dist
-    if world != t.nproc and rank == 0:
-        warnings.warn(f"train.nproc is {t.nproc} but {world} ranks are running; the batch follows the running ranks")
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))       # train.nproc counts the ranks of one node
+    if local_world != t.nproc and rank == 0:
+        warnings.warn(f"train.nproc is {t.nproc} but {local_world} ranks run on this node; the batch follows the running ranks")
     if not resume and (ckpt_dir / LATEST).exists():
         raise FileExistsError(f"{out_dir} already holds a run; resume it or choose another folder")
     state = None
@@ -542,9 +605,10 @@ def train(cfg: LLMBindConfig,                                  # the full config
     # the model: same initial weights on every rank; then one random stream per rank
     random.seed(t.seed); np.random.seed(t.seed); torch.manual_seed(t.seed)
     model = _resolve_fn(model_fn)(cfg, **(model_kwargs or {}))
+    if t.gradient_checkpointing: enable_checkpointing(model)
     random.seed(t.seed + rank); np.random.seed(t.seed + rank); torch.manual_seed(t.seed + rank)
     ds_cfg = deepspeed_config(t, world, device_type, overrides=ds_overrides)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_for(model, t), config=ds_cfg)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_for(model, t, device_type), config=ds_cfg)
     data = _resolve_fn(data_fn)(cfg, rank=rank, world_size=world, seed=t.seed, **(data_kwargs or {}))
     eval_f, stats_f = _resolve_fn(eval_fn), _resolve_fn(stats_fn)
     log = MetricsLog(out_dir / METRICS, enabled=rank == 0)
@@ -629,12 +693,12 @@ def train(cfg: LLMBindConfig,                                  # the full config
             if rank == 0: log.append({"kind": "eval", "step": step, **{f"eval/{k}": v for k, v in res.items()}})
         if step % t.save_every == 0 or step == end: save(step)
     bar.close()
-    if save_weights: _save_final_weights(engine, out_dir, rank, t.zero_stage)
+    _save_final_weights(engine, out_dir, rank, t.zero_stage, save_weights)
     summary = {"step": step, "total_steps": total, "world_size": world, "device": device_type,
                "loss": last.get("loss"), "skipped_batches": skipped, "shm_op": shm,
                "setup_s": setup_s, "time_s": time.perf_counter() - t_start,
                "median_step_time_s": float(np.median(times)) if times else None,
-               "checkpoint": read_latest(ckpt_dir)}
+               "checkpoint": read_latest(ckpt_dir), "model": str(out_dir / "model") if (out_dir / "model").is_dir() else None}
     if rank == 0: write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     dist.barrier()
     return summary
@@ -662,52 +726,78 @@ def prepare_run_dir(out_dir: Union[str, Path],   # run folder
     out.mkdir(parents=True, exist_ok=True)
     return out
 
-def launch(nproc: int,                                        # number of ranks (GPUs, or CPU processes with gloo)
+def torchrun_command(nproc: int,                     # ranks on this node
+                     nnodes: int = 1,                # nodes of the run
+                     node_rank: int = 0,             # this node's number, 0 .. nnodes-1
+                     master_addr: str = "127.0.0.1", # address of node 0, reachable from every node
+                     master_port: Optional[int] = None,  # the same free TCP port on every node (None: a free one, one node only)
+                    ) -> list[str]:
+    "The torchrun arguments (static rendezvous) that start this node's ranks; append `-m llmbind.train --spec FILE`."
+    for k, v in (("nproc", nproc), ("nnodes", nnodes)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{k} must be a positive integer, got {v!r}")
+    if not 0 <= node_rank < nnodes: raise ValueError(f"node_rank must be in 0..{nnodes - 1}, got {node_rank}")
+    if nnodes > 1 and master_port is None:
+        raise ValueError("several nodes need master_port: choose a free port on node 0 and give the same one to every node")
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nnodes), "--node_rank", str(node_rank),
+            "--nproc_per_node", str(nproc), "--master_addr", master_addr, "--master_port", str(master_port or free_port())]
+
+def launch(nproc: int,                                        # ranks on this node (GPUs, or CPU processes with gloo)
            cfg: LLMBindConfig,
            model_fn: Union[str, Callable],
            data_fn: Union[str, Callable],
-           out_dir: Union[str, Path],
+           out_dir: Union[str, Path],                         # run folder; with several nodes on a filesystem they all share
            eval_fn: Union[str, Callable, None] = None,
            stats_fn: Union[str, Callable, None] = None,
            resume: bool = False,
            overwrite: bool = False,                           # replace an existing run folder
            quiet: bool = False,                               # send the ranks' output to out_dir/launch.log instead of the terminal
            timeout: Optional[float] = None,                   # seconds before the ranks are killed
+           nnodes: int = 1,                                   # nodes; start `launch` on each with its node_rank
+           node_rank: int = 0,                                # this node (0 prepares the run folder)
+           master_addr: str = "127.0.0.1",                    # node 0's address
+           master_port: Optional[int] = None,                 # the same port on every node (required with nnodes > 1)
            **train_kwargs,                                    # more `train` arguments (stop_after, ds_overrides, model_kwargs, ...)
           ) -> dict:
-    "Run `train` in `nproc` fresh processes (torchrun for more than one) and return its summary."
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be a positive integer, got {nproc!r}")
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    "Run `train` in `nproc` fresh processes on this node (torchrun unless one process on one node) and return its summary."
+    tr = torchrun_command(nproc, nnodes, node_rank, master_addr, master_port)   # checks the arguments first
+    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite) if node_rank == 0 else Path(out_dir)
     spec = {"config": cfg.to_dict(), "out_dir": str(out.resolve()), "model_fn": _fn_name(model_fn), "data_fn": _fn_name(data_fn),
             "eval_fn": _fn_name(eval_fn), "stats_fn": _fn_name(stats_fn), "resume": resume, **train_kwargs}
-    spec_path, err_path = out / "launch.json", out / "error.json"
+    err_path = out / "error.json"
+    if node_rank == 0:
+        spec_path = out / "launch.json"
+        if err_path.exists(): err_path.unlink()
+    else:   # node 0 may be clearing the shared folder right now: keep this node's copy of the spec elsewhere
+        fd, name = tempfile.mkstemp(prefix=f"llmbind_launch_node{node_rank}_", suffix=".json"); os.close(fd); spec_path = Path(name)
     write_text_atomic(spec_path, json.dumps(spec, indent=1))
-    if err_path.exists(): err_path.unlink()
     env = worker_env(device_type_for(cfg))
-    if nproc == 1:
+    if nproc == 1 and nnodes == 1:
         env.update(dist_env())
         cmd = [sys.executable, "-m", "llmbind.train", "--spec", str(spec_path)]
     else:
         for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"): env.pop(k, None)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "llmbind.train", "--spec", str(spec_path)]
-    logf = open(out / "launch.log", "a") if quiet else None
+        cmd = tr + ["-m", "llmbind.train", "--spec", str(spec_path)]
+    log_path = out / "launch.log" if node_rank == 0 else spec_path.with_suffix(".log")
+    logf = open(log_path, "a") if quiet else None
     try: r = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT if quiet else None, timeout=timeout)
     finally:
         if logf: logf.close()
+        if node_rank != 0: spec_path.unlink(missing_ok=True)
+    if r.returncode == 0 and node_rank != 0: log_path.unlink(missing_ok=True)
     if r.returncode != 0 and err_path.is_file():   # a mistake the user can fix: one clear line
         err = json.loads(err_path.read_text())
         raise _USER_ERRORS.get(err["type"], RuntimeError)(err["message"])
     if r.returncode != 0:
-        tail = "\n".join((out / "launch.log").read_text().splitlines()[-25:]) if quiet else ""
-        raise RuntimeError(f"training failed (exit status {r.returncode}); the run folder is {out}" + (f"\n{tail}" if tail else ""))
+        tail = "\n".join(log_path.read_text().splitlines()[-25:]) if quiet else ""
+        raise RuntimeError(f"training failed (exit status {r.returncode}); the run folder is {out}"
+                           + (f", this node's log {log_path}\n{tail}" if tail else ""))
     return json.loads((out / "summary.json").read_text())
 
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of one rank: `python -m llmbind.train --spec RUN/launch.json`."
     p = argparse.ArgumentParser(prog="python -m llmbind.train", description="one training rank (started by llmbind.train.launch)")
     p.add_argument("--spec", required=True, help="launch.json written by launch()")
+    p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)   # DeepSpeed's launcher adds it; LOCAL_RANK says the same
     a = p.parse_args(argv)
     spec = json.loads(Path(a.spec).read_text())
     cfg = LLMBindConfig.from_dict(spec.pop("config"))
@@ -733,39 +823,50 @@ def check_paths(cfg: LLMBindConfig) -> None:
     "Raise ConfigError for a required local path that is unset and FileNotFoundError for one that does not exist."
     if cfg.preset == "paper_7b":
         need = ["llm.pretrained_path", "vision.pretrained_path"] + (["segment.checkpoint"] if cfg.segment.sam_type != "tiny" else [])
-        need += [] if cfg.data.synthetic else ["data.data_dir"]
         for k in need:
             if _get(cfg, k) is None:
                 what = dict(_PATH_FIELDS)[k]
                 raise ConfigError(f"{k} is not set: the paper_7b preset loads {what} from local disk "
-                                  f"(--set {k}=PATH, or `llmbind config --preset paper_7b` to see all paths)")
+                                  f"(--checkpoints DIR names the folder that holds them all, or --set {k}=PATH)")
+    if cfg.data.datasets and cfg.data.data_dir is None:   # the real datasets live under one root, in LISA's layout
+        raise ConfigError("data.data_dir is not set: data.datasets names real datasets, read from under one folder "
+                          "(--data-root DIR, or --set data.data_dir=DIR)")
     for k, what in _PATH_FIELDS:
         v = _get(cfg, k)
         if v is not None and not Path(v).expanduser().exists():
             raise FileNotFoundError(f"{k}: {v} does not exist (expected {what}; fix it with --set {k}=PATH)")
 
-def pipeline_for(cfg: LLMBindConfig) -> dict[str, Optional[str]]:
-    "The model, data, evaluation and statistics functions a config trains with (by name, for `launch`)."
-    if cfg.preset == "tiny":
-        if cfg.data.data_dir is None:        # no data named: the stand-in (seconds per run; what the machinery tests use)
-            return {"model_fn": "llmbind.train:standin_model", "data_fn": "llmbind.train:standin_data",
-                    "eval_fn": "llmbind.train:standin_eval"}
-        if not (Path(cfg.data.data_dir).expanduser() / "index.json").is_file():
-            raise ConfigError(f"data.data_dir {cfg.data.data_dir} holds no shapes world (no index.json); `llmbind demo` "
-                              f"writes one (RUN/data), so does llmbind.synthetic.ensure_shapes_world")
-        # a shapes world: the real LLMBind stage B, with the stage-A base named by llm.pretrained_path (if any)
-        return {"model_fn": "llmbind.demo:model_fn", "data_fn": "llmbind.demo:data_fn",
-                "eval_fn": "llmbind.demo:eval_fn", "stats_fn": "llmbind.demo:stats_fn"}
-    raise ConfigError(f"preset '{cfg.preset}': `llmbind train` has no data function over LLMBind's real datasets yet (the "
-                      f"model loads from local checkpoints, but the dataset mixture is not wired into training); train "
-                      f"the tiny preset, or call llmbind.train.launch with your own data_fn")
+def pipeline_for(cfg: LLMBindConfig) -> dict[str, Optional[Callable]]:
+    "The model, data, evaluation and statistics functions a config trains with (module-level callables `launch` can name)."
+    if cfg.preset == "tiny" and cfg.data.data_dir is None:   # no data named: the stand-in (seconds per run; the machinery's tests)
+        return {"model_fn": standin_model, "data_fn": standin_data, "eval_fn": standin_eval, "stats_fn": None}
+    try: pipeline = importlib.import_module("llmbind.pipeline")
+    except ModuleNotFoundError as e:
+        if e.name != "llmbind.pipeline": raise
+        return _without_pipeline(cfg)
+    return pipeline.pipeline_functions(cfg)
+
+def _without_pipeline(cfg: LLMBindConfig) -> dict[str, Optional[str]]:
+    "An installation without llmbind.pipeline: a shapes world trains with the demo's functions; nothing else can train."
+    if cfg.data.datasets or cfg.data.data_dir is None:
+        raise ConfigError(f"preset '{cfg.preset}': training on the real datasets needs llmbind.pipeline, which this installation "
+                          f"lacks (update llmbind)")
+    if not (Path(cfg.data.data_dir).expanduser() / "index.json").is_file():
+        raise ConfigError(f"data.data_dir {cfg.data.data_dir} holds no shapes world (no index.json); `llmbind demo` "
+                          f"writes one (RUN/data), so does llmbind.synthetic.ensure_shapes_world")
+    return {"model_fn": "llmbind.demo:model_fn", "data_fn": "llmbind.demo:data_fn",
+            "eval_fn": "llmbind.demo:eval_fn", "stats_fn": "llmbind.demo:stats_fn"}
 
 _RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every"}
+
+def _is_path_key(k: str) -> bool:
+    "Checkpoint and data folders may move between a run and its resumption (the same files elsewhere)."
+    return k in dict(_PATH_FIELDS) or (k.startswith("generators.") and k.endswith("_path"))
 
 def _flat(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "mix": out.update(_flat(v, f"{prefix}{k}."))
+        if isinstance(v, dict) and k not in ("mix", "datasets"): out.update(_flat(v, f"{prefix}{k}."))
         else: out[f"{prefix}{k}"] = v
     return out
 
@@ -775,43 +876,64 @@ def resolve_config(preset: Optional[str] = None,          # "tiny" or "paper_7b"
                    steps: Optional[int] = None,           # train.total_steps
                    nproc: Optional[int] = None,           # train.nproc
                    saved: Optional[Union[str, Path]] = None,  # a run's config.json (resume)
+                   checkpoints: Optional[str] = None,     # --checkpoints: the folder of the paper's checkpoints
+                   data_root: Optional[str] = None,       # --data-root: data.data_dir
                   ) -> LLMBindConfig:
-    "The config of a `llmbind train` call (saved run config < preset/file < --set < --steps/--nproc)."
+    "The config of a `llmbind train` call (saved run config < preset/file < --checkpoints/--data-root < --set < --steps/--nproc)."
     if preset and config: raise ConfigError("give --preset or --config, not both")
     if config: cfg = LLMBindConfig.from_file(config)
     elif preset: cfg = LLMBindConfig.from_preset(preset)
     elif saved is not None: cfg = LLMBindConfig.from_file(saved)
     else: cfg = LLMBindConfig.tiny()
+    cfg = apply_paths(cfg, checkpoints, data_root)
     extra = list(sets) + ([f"train.total_steps={steps}"] if steps is not None else []) + ([f"train.nproc={nproc}"] if nproc is not None else [])
     if extra: cfg = cfg.override(*extra)
     if saved is not None:
         old, new = _flat(LLMBindConfig.from_file(saved).to_dict()), _flat(cfg.to_dict())
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE)
+        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE and not _is_path_key(k))
         if diff: raise ConfigError(f"cannot resume with a different config ({', '.join(diff)} changed); "
                                    f"drop --preset/--config to use the run's saved config.json")
     return cfg
 
-def train_command(argv: Sequence[str]) -> int:
-    "`llmbind train`: train a preset or config file on DeepSpeed, in a run folder."
+def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmbind train", description="Train LLMBind (DeepSpeed) with a preset or a config file.")
     p.add_argument("--preset", choices=["tiny", "paper_7b"], help="configuration preset (default: tiny, or the run's own config with --resume)")
     p.add_argument("--config", help="a JSON/YAML config file (instead of --preset)")
+    p.add_argument("--checkpoints", metavar="DIR", help="folder holding the checkpoints under their usual names (LLaVA-Lightning-7B-v1-1, "
+                   "clip-vit-large-patch14, sam_vit_h_4b8939.pth, ...): sets every checkpoint path")
+    p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (data.data_dir)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="overrides such as train.lr=1e-4")
     p.add_argument("--steps", type=int, help="optimizer steps (train.total_steps)")
-    p.add_argument("--nproc", type=int, help="processes: GPUs, or CPU ranks (train.nproc)")
-    p.add_argument("--out", help="run folder (default train.output_dir)")
+    p.add_argument("--nproc", type=int, help="processes on this node: GPUs, or CPU ranks (train.nproc)")
+    p.add_argument("--nnodes", type=int, default=1, help="nodes of the run; start the same command on every node")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's number, 0 .. nnodes-1 (node 0 prepares the run folder)")
+    p.add_argument("--master-addr", default="127.0.0.1", help="address of node 0 that every node can reach")
+    p.add_argument("--master-port", type=int, help="a free TCP port on node 0, the same on every node (required with --nnodes > 1)")
+    p.add_argument("--out", help="run folder (default train.output_dir); with several nodes on a filesystem all of them share")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="delete an existing run folder first")
     p.add_argument("--deepspeed", metavar="FILE", help="a JSON file of DeepSpeed settings merged over the generated config")
+    p.add_argument("--estimate-memory", action="store_true", help="print the memory each GPU and node needs (ZeRO-2/3, offload) and exit")
+    p.add_argument("--prepare-only", action="store_true", help="write RUN/launch.json for another launcher (DeepSpeed's, SLURM) and exit")
     p.add_argument("--quiet", action="store_true", help="no progress bar; rank output goes to RUN/launch.log")
-    a = p.parse_args(list(argv))
+    return p
+
+def train_command(argv: Sequence[str]) -> int:
+    "`llmbind train`: train a preset or config file on DeepSpeed, in a run folder."
+    a = _train_parser().parse_args(list(argv))
     if a.resume and a.overwrite: raise ConfigError("--resume and --overwrite exclude each other")
-    for k in ("steps", "nproc"):
+    for k in ("steps", "nproc", "nnodes"):
         if getattr(a, k) is not None and getattr(a, k) < 1: raise ConfigError(f"--{k} must be at least 1, got {getattr(a, k)}")
-    pre = resolve_config(a.preset, a.config, a.set, a.steps, a.nproc)
+    if not 0 <= a.node_rank < a.nnodes: raise ConfigError(f"--node-rank must be in 0..{a.nnodes - 1}, got {a.node_rank}")
+    if a.nnodes > 1 and a.master_port is None:
+        raise ConfigError("--nnodes > 1 needs --master-port: a free port on node 0, the same on every node (and --master-addr)")
+    paths = dict(checkpoints=a.checkpoints, data_root=a.data_root)
+    pre = resolve_config(a.preset, a.config, a.set, a.steps, a.nproc, **paths)
+    if a.estimate_memory:
+        print(memory_estimate(pre, gpus_per_node=pre.train.nproc, nodes=a.nnodes).to_string()); return 0
     out = Path(a.out or pre.train.output_dir)
     saved = out / "config.json" if a.resume and (out / "config.json").is_file() else None
-    cfg = resolve_config(a.preset, a.config, a.set, a.steps, a.nproc, saved=saved) if saved else pre
+    cfg = resolve_config(a.preset, a.config, a.set, a.steps, a.nproc, saved=saved, **paths) if saved else pre
     if a.resume and saved is None: raise FileNotFoundError(f"cannot resume: {out} holds no run (no config.json)")
     overrides = None
     if a.deepspeed:
@@ -821,14 +943,68 @@ def train_command(argv: Sequence[str]) -> int:
         except json.JSONDecodeError as e: raise ConfigError(f"--deepspeed: {f} is not valid JSON ({e})") from None
     check_paths(cfg)
     fns = pipeline_for(cfg)
-    prepare_run_dir(out, resume=a.resume, overwrite=a.overwrite)
-    print(f"llmbind train: preset {cfg.preset}, {cfg.train.nproc} rank(s), {cfg.train.total_steps} steps -> {out}", file=sys.stderr)
-    s = launch(cfg.train.nproc, cfg, out_dir=out, resume=a.resume, quiet=a.quiet,
-               progress=not a.quiet, ds_overrides=overrides, **fns)
+    if a.node_rank == 0: prepare_run_dir(out, resume=a.resume, overwrite=a.overwrite)
+    if a.prepare_only: return _print_launchers(cfg, out, a.resume, overrides, fns)
+    print(f"llmbind train: preset {cfg.preset}, {cfg.train.nproc} rank(s) x {a.nnodes} node(s), {cfg.train.total_steps} steps -> {out}",
+          file=sys.stderr)
+    s = launch(cfg.train.nproc, cfg, out_dir=out, resume=a.resume, quiet=a.quiet, progress=not a.quiet, ds_overrides=overrides,
+               nnodes=a.nnodes, node_rank=a.node_rank, master_addr=a.master_addr, master_port=a.master_port, **fns)
     loss = "" if s["loss"] is None else f", loss {s['loss']:.4f}, {s['median_step_time_s'] * 1000:.0f} ms/step"
-    print(f"done: step {s['step']}/{s['total_steps']}{loss}, checkpoint {out / 'checkpoints' / str(s['checkpoint'])}")
+    model = f", model {s['model']}" if s.get("model") else ""
+    print(f"done: step {s['step']}/{s['total_steps']}{loss}, checkpoint {out / 'checkpoints' / str(s['checkpoint'])}{model}")
     return 0
 
+def _print_launchers(cfg: LLMBindConfig, out: Path, resume: bool, overrides, fns) -> int:
+    "Write RUN/launch.json and print how torchrun and DeepSpeed's launcher start the ranks on it."
+    spec = {"config": cfg.to_dict(), "out_dir": str(out.resolve()), "resume": resume, "ds_overrides": overrides,
+            **{k: _fn_name(v) for k, v in fns.items()}}
+    spec_path = out.resolve() / "launch.json"
+    write_text_atomic(spec_path, json.dumps(spec, indent=1))
+    print(f"wrote {spec_path}; start the ranks on every node with one of")
+    print(f"  torchrun --nnodes N --node_rank R --nproc_per_node {cfg.train.nproc} --master_addr HOST0 --master_port PORT "
+          f"-m llmbind.train --spec {spec_path}")
+    print(f"  deepspeed --hostfile HOSTFILE --master_addr HOST0 --master_port PORT --module llmbind.train --spec {spec_path}")
+    return 0
+
+
+# %% ../nbs/11_train.ipynb #e13fb9fd
+def _param_counts(cfg: LLMBindConfig) -> tuple[int, int, int]:
+    "(all, trainable, largest module's own) parameter counts of LLMBind built on the meta device (no weights read)."
+    from llmbind.model import LLMBindForCausalLM
+    d = cfg.to_dict()      # the architecture from the config fields: nothing is read from disk
+    d["llm"]["pretrained_path"] = d["llm"]["tokenizer_path"] = d["vision"]["pretrained_path"] = d["segment"]["checkpoint"] = None
+    m = LLMBindForCausalLM.from_config(LLMBindConfig.from_dict(d), device="meta")
+    ps = list(m.parameters())
+    largest = max(sum(p.numel() for p in mod.parameters(recurse=False)) for mod in m.modules())
+    return sum(p.numel() for p in ps), sum(p.numel() for p in ps if p.requires_grad), largest
+
+def memory_estimate(cfg: LLMBindConfig,           # the model's architecture and freezing policy
+                    gpus_per_node: int = 8,       # ranks per node
+                    nodes: int = 1,
+                   ):
+    "GiB per GPU and per node for the model states under ZeRO-2/3 with and without CPU offload: DeepSpeed's estimate and ours."
+    import pandas as pd
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs as ds2
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs as ds3
+    N, n, L = _param_counts(cfg)
+    G, gib = gpus_per_node * nodes, 2**30
+    rows = {}
+    for stage, off in ((2, False), (2, True), (3, False), (3, True)):
+        if stage == 2:
+            ds_cpu, ds_gpu = ds2(N, gpus_per_node, nodes, cpu_offload=off)
+            # bf16 weights of ALL parameters on every GPU; 18 bytes per TRAINABLE one (bf16 + fp32 grads, fp32 master, Adam m, v)
+            gpu, cpu = (2 * N, 18 * n / G) if off else (2 * N + 18 * n / G, 0)
+        else:
+            ds_cpu, ds_gpu, _ = ds3(N, L, gpus_per_node, nodes, cpu_offload=off, cpu_offload_params=off, zero_init=False)
+            # everything partitioned over the G ranks; one whole layer (bf16 weights + grads) gathered at a time
+            gpu, cpu = (4 * L, (2 * N + 18 * n) / G) if off else (4 * L + (2 * N + 18 * n) / G, 0)
+        rows[f"ZeRO-{stage}" + (" + CPU offload" if off else "")] = {
+            "GPU GiB/rank (DeepSpeed, all trained)": ds_gpu / gib, "CPU GiB/node (DeepSpeed, all trained)": ds_cpu / gib,
+            "GPU GiB/rank (frozen majority)": gpu / gib, "CPU GiB/node (frozen majority)": cpu * gpus_per_node / gib}
+    df = pd.DataFrame.from_dict(rows, orient="index").round(1)
+    df.index.name = f"{gpus_per_node} GPU x {nodes} node"
+    df.attrs.update(params=N, trainable=n, largest_layer=L)
+    return df
 
 # %% ../nbs/11_train.ipynb #8a1e8cae
 if __name__ == "__main__" and "__file__" in globals():

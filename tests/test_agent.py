@@ -271,6 +271,9 @@ def run_dir(model, tmp_path_factory):
     d = tmp_path_factory.mktemp("run")
     model.save_pretrained(d / "model")
     model.cfg.save(d / "config.json")
+    (d / "checkpoints").mkdir()                          # the rest of a training run's folder, as `llmbind train` leaves it
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(d / "model.safetensors"))
     return d
 
 
@@ -339,3 +342,20 @@ def test_cli_repl(tmp_path, monkeypatch, capsys):
     assert "! <edit> needs an image" in out and "! cannot use" in out
     idx = json.loads((tmp_path / "o" / "conversation.json").read_text())
     assert [t["conversation"] for t in idx["turns"]] == [0, 0, 1] and idx["conversations"] == 2
+
+
+def test_training_run_layout_finds_the_model_folder(run_dir):
+    "A run written by `llmbind train` (config.json, model.safetensors, checkpoints/, model/): chat and eval both read RUN/model."
+    from llmbind.agent import _model_folder
+    from llmbind.evaluate import find_checkpoint
+    assert _model_folder(run_dir) == run_dir / "model" and find_checkpoint(run_dir) == run_dir / "model"
+
+
+def test_cli_config_and_paths(tmp_path, capsys):
+    "`--config FILE` with `--data-root`: the agent is built from that config (untrained LLMBind parts)."
+    cfg_file = LLMBindConfig.tiny().save(tmp_path / "tiny.json")
+    rc = chat_command(["draw", "--config", str(cfg_file), "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                       "--response", "<gen> a red square </gen>", "--set", "generators.num_inference_steps=1"])
+    assert rc == 0 and "[gen] image" in capsys.readouterr().out
+    with pytest.raises(FileNotFoundError, match="LLaVA-Lightning-7B-v1-1"):
+        chat_command(["hi", "--config", str(cfg_file), "--checkpoints", str(tmp_path / "ckpt")])
