@@ -577,7 +577,8 @@ def _forward(self,
                                              num_items=num_items, **kw)
     if self.training and torch.is_grad_enabled():
         # every trainable tensor in the graph (times 0): under ZeRO-2 all ranks then reduce the same gradient buckets
-        out.loss = out.loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad)
+        # (under ZeRO-3 a parameter partitioned away from this rank is empty here: it is skipped)
+        out.loss = out.loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad and p.numel() > 0)
     out.aux_loss = aux
     return out
 

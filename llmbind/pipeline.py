@@ -12,16 +12,16 @@ import torch
 from .config import ConfigError, LLMBindConfig, mixture_leaf_probs
 from .tokens import add_task_tokens
 from . import data as lbdata
-from .data import LLMBindCollator, Sample, Samples
+from .data import ConversationTooLong, LLMBindCollator, Sample, Samples
 from .synthetic import LEAVES as WORLD_LEAVES, load_shapes_world
 from .mixing import MixtureSampler
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats
 
 # %% auto #0
-__all__ = ['SYSTEM', 'with_system', 'ChatCollator', 'task_tokenizer', 'chat_collator', 'sampling_tree', 'read_sources',
-           'SampleCache', 'sample_length', 'BatchPlan', 'BatchReader', 'DataStream', 'build_model', 'model_fn',
-           'data_fn', 'eval_fn', 'stats_fn', 'check_data', 'pipeline_functions']
+__all__ = ['SYSTEM', 'MAX_SKIPPED_BATCHES', 'with_system', 'ChatCollator', 'task_tokenizer', 'chat_collator', 'sampling_tree',
+           'read_sources', 'SampleCache', 'sample_length', 'BatchPlan', 'BatchReader', 'DataStream', 'build_model',
+           'model_fn', 'data_fn', 'eval_fn', 'stats_fn', 'check_data', 'pipeline_functions']
 
 # %% ../nbs/10a_pipeline.ipynb #f65cf75b
 SYSTEM = "A chat."   # the system turn of training: Vicuna's takes 85 tokens of the tiny vocabulary, this one 3
@@ -200,10 +200,14 @@ class BatchReader:
     "Draws -> one collated micro-batch: samples loaded through the cache, transformed, collated (in this process or a worker)."
     def __init__(self, cache: SampleCache, collate: Callable, transform: Optional[Callable] = None):
         self.cache, self.collate, self.transform = cache, collate, transform
-    def __call__(self, draws: list) -> dict:
+    def __call__(self, draws: list) -> Optional[dict]:
+        "The batch, or None when not one of its conversations fits the length limit (the stream then skips it, with a warning)."
         ss = [self.cache.get(k, i) for k, i in draws]
         if self.transform is not None: ss = [self.transform(s) for s in ss]
-        b = self.collate(ss)
+        try: b = self.collate(ss)
+        except ConversationTooLong as e:
+            warnings.warn(f"micro-batch skipped: {e} ({', '.join(s.source or s.id for s in ss)})", RuntimeWarning)
+            return None
         for k in ("sources", "truncated", "dropped"): b.pop(k, None)
         return b
 
@@ -226,6 +230,8 @@ class _Keys:
 def _first(x): return x
 
 # %% ../nbs/10a_pipeline.ipynb #f3f9bf19
+MAX_SKIPPED_BATCHES = 50    # micro-batches in a row with no conversation that fits before the stream gives up
+
 class DataStream:
     "Endless collated micro-batches of a config's mixture (shapes world or datasets), drawn through `MixtureSampler`: deterministic, rank-sharded, length-grouped, exactly resumable."
     def __init__(self, cfg: LLMBindConfig,
@@ -253,12 +259,16 @@ class DataStream:
     def cache(self) -> SampleCache: return self.read.cache
     def __iter__(self): return self
     def __next__(self) -> dict:
-        if not self.num_workers:
-            b = self.read(next(self.plan)); self._state = self.plan.state_dict(); return b
-        if self._it is None: self._start()
-        n, b = next(self._it)
-        self._state = self._states.pop(n)
-        return b
+        for _ in range(MAX_SKIPPED_BATCHES + 1):          # a batch none of whose conversations fits is skipped
+            if not self.num_workers:
+                b = self.read(next(self.plan)); self._state = self.plan.state_dict()
+            else:
+                if self._it is None: self._start()
+                n, b = next(self._it)
+                self._state = self._states.pop(n)
+            if b is not None: return b
+        raise ConversationTooLong(f"{MAX_SKIPPED_BATCHES + 1} micro-batches in a row held no conversation that fits "
+                                  f"llm.model_max_length; raise it or check the data")
     def _start(self):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")      # the workers tokenize; no fork warning from HF tokenizers
         ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else None

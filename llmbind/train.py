@@ -24,7 +24,7 @@ __all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'LATEST', 'MET
            'use_shm_op', 'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint',
            'rng_state', 'set_rng_state', 'read_metrics', 'MetricsLog', 'enable_checkpointing', 'train',
            'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for',
-           'resolve_config', 'train_command', 'memory_estimate']
+           'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #3f46c361
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -578,6 +578,8 @@ def train(cfg: LLMBindConfig,                                  # the full config
     t_setup = time.perf_counter()
     import deepspeed
     from tqdm.auto import tqdm
+    from .model import resolve_checkpoint_config
+    cfg, _ = resolve_checkpoint_config(cfg)    # sizes dictated by the checkpoint folders: what the model, the data and config.json use
     t = cfg.train
     out_dir = Path(out_dir); ckpt_dir = out_dir / "checkpoints"
     device_type = device_type_for(cfg)
@@ -870,6 +872,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
+def resolve_folders(cfg: LLMBindConfig, say: bool = True) -> LLMBindConfig:
+    "`cfg` with the sizes its checkpoint folders dictate (LLM and CLIP widths, projector kind, ...); each change said on stderr."
+    from .model import resolve_checkpoint_config
+    out, notes = resolve_checkpoint_config(cfg)
+    if say:
+        for n in notes: print(f"llmbind train: from the checkpoints: {n}", file=sys.stderr)
+    return out
+
 def resolve_config(preset: Optional[str] = None,          # "tiny" or "paper_7b"
                    config: Optional[str] = None,          # a JSON/YAML config file
                    sets: Sequence[str] = (),              # "section.key=value" overrides
@@ -889,7 +899,9 @@ def resolve_config(preset: Optional[str] = None,          # "tiny" or "paper_7b"
     extra = list(sets) + ([f"train.total_steps={steps}"] if steps is not None else []) + ([f"train.nproc={nproc}"] if nproc is not None else [])
     if extra: cfg = cfg.override(*extra)
     if saved is not None:
-        old, new = _flat(LLMBindConfig.from_file(saved).to_dict()), _flat(cfg.to_dict())
+        try: now = resolve_folders(cfg, say=False)      # the saved config holds the sizes read from the folders
+        except (OSError, ValueError): now = cfg          # folders gone or moved: compare as given (check_paths says more)
+        old, new = _flat(LLMBindConfig.from_file(saved).to_dict()), _flat(now.to_dict())
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE and not _is_path_key(k))
         if diff: raise ConfigError(f"cannot resume with a different config ({', '.join(diff)} changed); "
                                    f"drop --preset/--config to use the run's saved config.json")
@@ -942,6 +954,7 @@ def train_command(argv: Sequence[str]) -> int:
         try: overrides = json.loads(f.read_text())
         except json.JSONDecodeError as e: raise ConfigError(f"--deepspeed: {f} is not valid JSON ({e})") from None
     check_paths(cfg)
+    cfg = resolve_folders(cfg)
     fns = pipeline_for(cfg)
     if a.node_rank == 0: prepare_run_dir(out, resume=a.resume, overwrite=a.overwrite)
     if a.prepare_only: return _print_launchers(cfg, out, a.resume, overrides, fns)
