@@ -11,8 +11,9 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['IMPLS', 'register_impl', 'get_impl', 'lora_moe_loop', 'make_problem', 'routed', 'gate_matrix', 'lora_moe_dense',
-           'dispatch', 'grouped_lora', 'combine', 'lora_moe_grouped', 'triton_mm', 'lora_moe_triton', 'check_impl',
-           'time_paired', 'bench_command']
+           'dispatch', 'grouped_lora', 'combine', 'lora_moe_grouped', 'triton_mm', 'lora_moe_triton', 'route_gates',
+           'route_gates_backward', 'FusedLoRAMoE', 'lora_moe_fused', 'check_impl', 'check_fused', 'time_paired',
+           'bench_command']
 
 # %% ../nbs/03_moe_kernels.ipynb #480e6a53
 IMPLS: dict[str, Callable] = {}   # name -> implementation with the shared signature
@@ -25,8 +26,8 @@ def register_impl(name: str):
     return deco
 
 def get_impl(name: str = "auto") -> Callable:
-    "The implementation registered as `name`; `'auto'` is the exact stacked-matmul path."
-    if name == "auto": name = "dense"
+    "The implementation registered as `name`; `'auto'` is the fused layer-level path (`'fused'`)."
+    if name == "auto": name = "fused"
     if name not in IMPLS:
         raise ValueError(f"unknown LoRA-MoE implementation '{name}' (choose one of auto, {', '.join(IMPLS)})")
     return IMPLS[name]
@@ -272,6 +273,110 @@ def lora_moe_triton(x, lora_A, lora_B, weights, experts, scaling, out=None, h=No
     B_cat = lora_B.permute(1, 0, 2).reshape(d_out, N * r)            # (d_out, N*r)
     return _TritonLoRAMoE.apply(x, A_cat, B_cat, gate, out, r)
 
+# %% ../nbs/03_moe_kernels.ipynb #cd9b8fbb
+def route_gates(logits: torch.Tensor,      # (T, N) router logits x W_g^T
+                top_k: int,                # k
+                scaling: float,            # alpha / r, folded into the gates
+                renormalize: bool = True,  # convention (a) of notebook 02; False gives (c)
+               ):
+    "Routing of `llmbind.moe.route` as dense gates: probs (T, N), kept weights (T, k), experts (T, k), gates (T, N)."
+    probs = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))  # (T, N) p, at least fp32
+    w, experts = probs.topk(top_k, dim=-1)                                              # (T, k)
+    if renormalize: w = w / w.sum(-1, keepdim=True)                                     # w_j = p_ej / sum_l p_el
+    gate = torch.zeros_like(probs).scatter_(1, experts, w * scaling)                    # (T, N) 0 where not chosen
+    return probs, w, experts, gate.to(logits.dtype)
+
+def route_gates_backward(d_gate: torch.Tensor,   # (T, N) gradient of the gates
+                         probs, w, experts,      # saved by `route_gates`
+                         scaling: float, renormalize: bool = True) -> torch.Tensor:   # (T, N) d logits (probs' dtype)
+    "Hand-written backward of `route_gates`: through the gate scatter, the renormalisation and the softmax."
+    dw = d_gate.to(probs.dtype).gather(1, experts) * scaling                  # (T, k) dL/dw_j
+    if renormalize:                                                           # dp_j = (dw_j - sum_l w_l dw_l) / S
+        dw = (dw - (dw * w).sum(-1, keepdim=True)) / probs.gather(1, experts).sum(-1, keepdim=True)
+    dp = torch.zeros_like(probs).scatter_(1, experts, dw)                     # (T, N) unchosen experts: 0
+    return probs * (dp - (probs * dp).sum(-1, keepdim=True))                  # softmax: p * (dp - <p, dp>)
+
+# %% ../nbs/03_moe_kernels.ipynb #674a2d0b
+def _fused_forward(x, W_cat, B_cat, N, top_k, scaling, renormalize, base_weight=None, base_bias=None, base_out=None):
+    "The fused layer's forward arithmetic (no autograd): out, logits, S, probs, w, experts, gates."
+    T = x.shape[0]
+    hl = x @ W_cat.t()                                              # (T, N + N r) = [x W_g^T | x A_cat^T]
+    logits, s = hl[:, :N], hl[:, N:]                                # (T, N), (T, N r)
+    probs, w, experts, gate = route_gates(logits, top_k, scaling, renormalize)
+    sg = (s.reshape(T, N, -1) * gate.unsqueeze(-1)).reshape(T, -1)  # (T, N r) gated ranks, unchosen blocks 0
+    if base_out is not None: out = base_out.addmm_(sg, B_cat.t())    # base computed outside: add in place
+    else:
+        out = sg @ B_cat.t() if base_bias is None else torch.addmm(base_bias, sg, B_cat.t())  # (T, d_out) adapter (+ b)
+        out.addmm_(x, base_weight.t())                              # + x W0^T, accumulated by the frozen GEMM
+    return out, logits, s, probs, w, experts, gate
+
+class FusedLoRAMoE(torch.autograd.Function):
+    "The whole LoRA-MoE layer (base, router, top-k, experts) with a hand-written backward at width N r."
+    @staticmethod
+    def forward(ctx, x, router_weight, lora_A, lora_B, base_weight, base_bias, base_out, top_k, scaling, renormalize):
+        N, r, d_in = lora_A.shape
+        W_cat = torch.cat([router_weight, lora_A.reshape(N * r, d_in)])   # (N + N r, d_in) = [W_g; A_cat]
+        B_cat = lora_B.permute(1, 0, 2).reshape(-1, N * r)               # (d_out, N r) = [B_1 | ... | B_N]
+        out, logits, s, probs, w, experts, gate = _fused_forward(x, W_cat, B_cat, N, top_k, scaling, renormalize,
+                                                                 base_weight, base_bias, base_out)
+        if base_out is not None: ctx.mark_dirty(base_out)                # the layer's own fresh tensor, added into
+        ctx.save_for_backward(x, W_cat, B_cat, base_weight, s, probs, w, experts, gate)
+        ctx.args = (N, r, scaling, renormalize)
+        return out, logits
+
+    @staticmethod
+    def backward(ctx, d_out, d_logits_ext):
+        x, W_cat, B_cat, W0, s, probs, w, experts, gate = ctx.saved_tensors
+        N, r, scaling, renormalize = ctx.args
+        need = ctx.needs_input_grad
+        T = x.shape[0]
+        d_out = d_out.contiguous()                                       # (T, d_out)
+        s3, g3 = s.reshape(T, N, r), gate.unsqueeze(-1)                  # (T, N, r), (T, N, 1)
+        d_sg = (d_out @ B_cat).reshape(T, N, r)                          # dS~ = dY B_cat
+        d_B = None
+        if need[3]:                                                      # dB_cat = dY^T S~, back to (N, d_out, r)
+            d_B = (d_out.t() @ (s3 * g3).reshape(T, N * r)).reshape(-1, N, r).permute(1, 0, 2).contiguous()
+        d_gate = (d_sg.to(probs.dtype) * s3.to(probs.dtype)).sum(-1)     # (T, N) dg_i = sum_rho dS~ S
+        d_logits = route_gates_backward(d_gate, probs, w, experts, scaling, renormalize)
+        if d_logits_ext is not None: d_logits = d_logits + d_logits_ext  # the balancing loss's gradient
+        D = torch.cat([d_logits.to(x.dtype), (d_sg * g3).reshape(T, N * r)], 1)   # (T, N + N r) [dl | dS]
+        d_x = d_W = None
+        if need[0]:
+            d_x = D @ W_cat                                              # router's and experts' share of dX ...
+            if W0 is not None: d_x.addmm_(d_out, W0)                     # ... plus dY W0, in the frozen GEMM
+        if need[1] or need[2]: d_W = D.t() @ x                           # (N + N r, d_in) dW_g and dA_cat at once
+        return (d_x, d_W[:N] if need[1] else None, d_W[N:].reshape(N, r, -1) if need[2] else None, d_B,
+                d_out.t() @ x if need[4] else None, d_out.sum(0) if need[5] else None,
+                d_out if need[6] else None, None, None, None)
+
+# %% ../nbs/03_moe_kernels.ipynb #fed970fa
+@register_impl("fused")
+def lora_moe_fused(x: torch.Tensor,              # (T, d_in) layer input (no LoRA dropout on this path)
+                   router_weight: torch.Tensor,  # (N, d_in) W_g
+                   lora_A: torch.Tensor,         # (N, r, d_in)
+                   lora_B: torch.Tensor,         # (N, d_out, r)
+                   top_k: int, scaling: float, renormalize: bool = True,
+                   base_weight: Optional[torch.Tensor] = None,  # (d_out, d_in) frozen W0, folded into the GEMMs
+                   base_bias: Optional[torch.Tensor] = None,    # (d_out,) its bias
+                   base_out: Optional[torch.Tensor] = None,     # (T, d_out) or: the base output, added into in place
+                  ) -> tuple[torch.Tensor, torch.Tensor]:       # out (T, d_out), router logits (T, N)
+    "The whole layer, Eq. 6 with top-k routing, as one autograd Function; returns the output and the router logits."
+    if (base_weight is None) == (base_out is None):
+        raise ValueError("pass exactly one of base_weight (a plain nn.Linear's weight) and base_out (the base's output)")
+    if x.dim() != 2: raise ValueError(f"x must be (tokens, d_in), got shape {tuple(x.shape)}; flatten leading dims first")
+    N, r, d_in = lora_A.shape
+    if tuple(router_weight.shape) != (N, d_in) or x.shape[1] != d_in:
+        raise ValueError(f"router_weight must be ({N}, {d_in}) and x (T, {d_in}); got {tuple(router_weight.shape)}, {tuple(x.shape)}")
+    if not 1 <= top_k <= N: raise ValueError(f"top_k={top_k} is impossible with {N} experts (need 1 <= top_k <= {N})")
+    ts = (x, router_weight, lora_A, lora_B, base_weight, base_bias, base_out)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts):
+        return FusedLoRAMoE.apply(*ts, top_k, scaling, renormalize)
+    W_cat = torch.cat([router_weight, lora_A.reshape(N * r, d_in)])   # decode / inference: nothing saved
+    B_cat = lora_B.permute(1, 0, 2).reshape(-1, N * r)
+    return _fused_forward(x, W_cat, B_cat, N, top_k, scaling, renormalize, base_weight, base_bias, base_out)[:2]
+
+lora_moe_fused.routes_inside = True
+
 # %% ../nbs/03_moe_kernels.ipynb #492ada5e
 def check_impl(name: str,                 # implementation to check
                T: int = 13, d_in: int = 24, d_out: int = 40, num_experts: int = 4, top_k: int = 2, r: int = 4,
@@ -280,6 +385,8 @@ def check_impl(name: str,                 # implementation to check
                seed: int = 0) -> dict[str, float]:
     "Relative errors of `name` against the float64 loop reference: output and grads of x, A, B, logits."
     impl = get_impl(name)
+    if getattr(impl, "routes_inside", False):
+        return check_fused(T, d_in, d_out, num_experts, top_k, r, dtype, device, with_out, seed)
     p = make_problem(T, d_in, d_out, num_experts, top_k, r, dtype, device, seed)
     q = {k: (v.detach().double().requires_grad_() if torch.is_tensor(v) else v) for k, v in p.items()}
     gen = torch.Generator().manual_seed(seed + 1)
@@ -297,6 +404,33 @@ def check_impl(name: str,                 # implementation to check
     errs = {"out": rel(y - base.to(dtype) if with_out else y, y_ref)}
     for k in ("x", "lora_A", "lora_B", "logits"): errs[k] = rel(p[k].grad, q[k].grad)
     return errs
+
+def check_fused(T: int = 13, d_in: int = 24, d_out: int = 40, num_experts: int = 4, top_k: int = 2, r: int = 4,
+                dtype=torch.float32, device="cpu",
+                with_bias: bool = True,      # the base as weight + bias (folded in); False: as an output given from outside
+                seed: int = 0, renormalize: bool = True) -> dict[str, float]:
+    "Relative errors of the fused layer against base + router + `route` + the float64 loop: outputs and all gradients."
+    from llmbind.moe import route              # the layer's routing convention, one notebook earlier
+    p = make_problem(T, d_in, d_out, num_experts, top_k, r, dtype, device, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    t = lambda *s, scale=1.0: (torch.randn(*s, generator=gen) * scale).to(device=device, dtype=dtype).requires_grad_()
+    p.update(router=t(num_experts, d_in, scale=d_in ** -0.5), W0=t(d_out, d_in, scale=d_in ** -0.5), b0=t(d_out))
+    g_out, g_logits = torch.randn(T, d_out, generator=gen).to(device), torch.randn(T, num_experts, generator=gen).to(device)
+    q = {k: (v.detach().double().requires_grad_() if torch.is_tensor(v) else v) for k, v in p.items()}
+    def base(d): return d["x"] @ d["W0"].t() + d["b0"]
+    if with_bias: y, lg = lora_moe_fused(p["x"], p["router"], p["lora_A"], p["lora_B"], top_k, p["scaling"], renormalize,
+                                         base_weight=p["W0"], base_bias=p["b0"])
+    else: y, lg = lora_moe_fused(p["x"], p["router"], p["lora_A"], p["lora_B"], top_k, p["scaling"], renormalize, base_out=base(p))
+    (y * g_out.to(dtype)).sum().add((lg * g_logits.to(dtype)).sum()).backward()
+    lg_ref = q["x"] @ q["router"].t()                                  # float64 reference: router, route, loop
+    w, e = route(lg_ref, top_k, renormalize)
+    y_ref = lora_moe_loop(q["x"], q["lora_A"], q["lora_B"], w, e, q["scaling"], out=base(q))
+    (y_ref * g_out.double()).sum().add((lg_ref * g_logits.double()).sum()).backward()
+    rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max().clamp_min(1.0)).item()
+    errs = {"out": rel(y, y_ref), "logits": rel(lg, lg_ref)}
+    for k in ("x", "lora_A", "lora_B", "router", "W0", "b0"): errs[k] = rel(p[k].grad, q[k].grad)
+    return errs
+
 
 # %% ../nbs/03_moe_kernels.ipynb #c0aa43ce
 def time_paired(fns: dict[str, Callable[[], object]],  # name -> zero-argument callable to time
@@ -348,8 +482,10 @@ def bench_command(argv=None) -> int:
     from llmbind.moe import bench_lora_moe     # the layer lives one notebook earlier; imported only when run
     ap = argparse.ArgumentParser(prog="llmbind bench", description="Benchmark LoRA-MoE implementations against the base Linear.")
     ap.add_argument("--shapes", default="4096x11008,11008x4096,1024x2816", help="d_in x d_out, comma separated")
-    ap.add_argument("--tokens", type=int, default=512)
-    ap.add_argument("--impls", default="loop,grouped,dense", help=f"comma separated, from {', '.join(IMPLS)}")
+    ap.add_argument("--tokens", default="512", help="T, comma separated (e.g. 512,4096)")
+    ap.add_argument("--decode", default="", help="also time forward without grad at these T, comma separated (e.g. 1,8)")
+    ap.add_argument("--impls", default="loop,grouped,dense,fused", help=f"comma separated, from {', '.join(IMPLS)}")
+    ap.add_argument("--no-peft", action="store_true", help="leave out plain LoRA (PEFT's lora.Linear)")
     ap.add_argument("--passes", default="nograd,fwd,fwdbwd", help="any of nograd, fwd, fwdbwd")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: leave as is)")
@@ -369,19 +505,29 @@ def bench_command(argv=None) -> int:
     if bad: raise ConfigError(f"--passes: unknown passes {bad} (choose from {', '.join(_PASSES)})")
     if not all(re.fullmatch(r"\d+x\d+", sh.strip().lower()) for sh in a.shapes.split(",")):
         raise ConfigError(f"--shapes: expected comma-separated DINxDOUT such as 4096x11008, got {a.shapes!r}")
+    for opt in ("tokens", "decode"):
+        if not re.fullmatch(r"(\d+(,\d+)*)?", getattr(a, opt).replace(" ", "")):
+            raise ConfigError(f"--{opt}: expected comma-separated token counts such as 512,4096, got {getattr(a, opt)!r}")
+    token_counts = [int(t) for t in a.tokens.split(",") if t.strip()]
+    decode = [int(t) for t in a.decode.split(",") if t.strip()]
     passes = [_PASSES[p] for p in a.passes.split(",")]
     if a.threads: torch.set_num_threads(a.threads)
     load0, t0, rows = os.getloadavg(), time.time(), []
-    for shape in a.shapes.split(","):
+    runs = [(shape, T, passes, False) for shape in a.shapes.split(",") for T in token_counts]
+    runs += [(shape, T, [_PASSES["nograd"]], True) for shape in a.shapes.split(",") for T in decode]   # decode: own path
+    shown = passes + [_PASSES["nograd"]] * (bool(decode) and _PASSES["nograd"] not in passes)
+    for shape, T, run_passes, is_decode in runs:
         d_in, d_out = map(int, shape.lower().split("x"))
-        df = bench_lora_moe(d_in, d_out, a.tokens, impls, a.experts, a.top_k, a.rank, 16, getattr(torch, a.dtype), a.device,
-                            a.rounds, a.threads, passes=tuple(p for p, _ in passes), repeat=a.repeat)
+        df = bench_lora_moe(d_in, d_out, T, impls, a.experts, a.top_k, a.rank, 16, getattr(torch, a.dtype), a.device,
+                            a.rounds, a.threads, passes=tuple(p for p, _ in run_passes), repeat=a.repeat,
+                            adapter_only=not is_decode, peft_lora=not a.no_peft)
         for name, r in df.iterrows():
-            row = {"shape": f"{d_in}→{d_out}", "T": a.tokens, "layer": name}
-            for p, short in passes:
+            row = {"shape": f"{d_in}→{d_out}", "T": f"{T} (decode)" if is_decode else T, "layer": name}
+            for p, short in shown:
+                if (p, 'ms') not in df.columns: row[f"{short} ms (x base)"] = ""; continue
                 ms = r[(p, 'ms')]
                 row[f"{short} ms (x base)"] = (f"{ms:.1f}" if ms >= 10 else f"{ms:.3g}") + f" ({r[(p, 'x base')]:.3f})"
-            if "forward+backward" in df.columns.get_level_values(0):
+            if ("forward+backward", "ms") in df.columns:
                 p, ad = "forward+backward", f"adapter only: {name.removeprefix('LoRA-MoE ')}"
                 row.update({"fwd+bwd x base, fastest runs": f"{r[(p, 'x base (min)')]:.3f}",
                             "fwd+bwd x base, CPU time": f"{r[(p, 'x base (CPU time)')]:.3f}",

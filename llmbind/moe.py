@@ -41,7 +41,7 @@ class LoRAMoELinear(nn.Module):
                  r: int = 8,                   # rank of every expert
                  lora_alpha: float = 16,       # scaling = lora_alpha / r
                  lora_dropout: float = 0.0,    # dropout on the experts' input
-                 impl: str = "auto",           # "auto", "loop", "dense", "grouped", "triton" (llmbind.kernels)
+                 impl: str = "auto",           # "auto", "loop", "dense", "grouped", "triton", "fused" (llmbind.kernels)
                  renormalize: bool = True):    # routing convention (a); False gives (c)
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
@@ -84,8 +84,11 @@ class LoRAMoELinear(nn.Module):
             raise ValueError(f"expected inputs with last dimension {self.in_features}, got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)                          # (T, d_in)
-        out = self.base_layer(x2)                                     # (T, d_out)  W0 x
         impl = kernels.get_impl(self.impl)
+        if getattr(impl, "routes_inside", False):                     # "fused": the whole layer in one Function
+            if self._can_fuse(x2): return self._forward_fused(impl, x2).view(*lead, self.out_features)
+            impl = kernels.get_impl("dense")                          # otherwise the stacked path (same numbers)
+        out = self.base_layer(x2)                                     # (T, d_out)  W0 x
         same_dtype = x2.dtype == self.lora_A.dtype == out.dtype
         h = None
         if (getattr(impl, "accepts_h", False) and same_dtype and isinstance(self.lora_dropout, nn.Identity)
@@ -105,6 +108,20 @@ class LoRAMoELinear(nn.Module):
             xa = xa.to(self.lora_A.dtype)
             out = out + impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling).to(out.dtype)
         return out.view(*lead, self.out_features)
+
+    def _can_fuse(self, x2: torch.Tensor) -> bool:
+        "The fused path needs: no LoRA dropout, one dtype, no autocast, no ZeRO-3 partitioned router."
+        return (isinstance(self.lora_dropout, nn.Identity) and x2.dtype == self.lora_A.dtype == self.router.weight.dtype
+                and not torch.is_autocast_enabled(x2.device.type) and not hasattr(self.router.weight, "ds_id"))
+
+    def _forward_fused(self, impl, x2: torch.Tensor) -> torch.Tensor:
+        base = self.base_layer
+        args = (x2, self.router.weight, self.lora_A, self.lora_B, self.top_k, self.scaling, self.renormalize)
+        if type(base) is nn.Linear and base.weight.dtype == x2.dtype and not hasattr(base.weight, "ds_id"):
+            out, logits = impl(*args, base_weight=base.weight, base_bias=base.bias)   # W0 folded into the GEMMs
+        else: out, logits = impl(*args, base_out=base(x2))          # quantised / partitioned / stand-in bases
+        self.last_router_logits = logits                              # (T, N) with gradient, for Eq. 10
+        return out
 
     def merge(self, *args, **kwargs):
         "Always raises: the update (alpha/r) sum_i w_i(x) B_i A_i depends on the input, so it has no single merged weight."
@@ -267,6 +284,7 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
                    passes: tuple = ("forward (no grad)", "forward", "forward+backward"),  # which passes to time
                    repeat: Optional[int] = None,            # calls per timing (None: 10 on a GPU, where one call is
                                                             # microseconds and launch-bound, else 1); times are per call
+                   peft_lora: bool = True,                  # also time plain LoRA (PEFT's lora.Linear, rank r, no experts)
                    seed: int = 0):
     "Median wall times (ms) and per-round ratios (wall and CPU time) to the frozen base Linear, per pass."
     import pandas as pd
@@ -285,7 +303,14 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
         on_gpu = str(device).startswith("cuda")
         sync = torch.cuda.synchronize if on_gpu else (lambda: None)
         n = repeat or (10 if on_gpu else 1)
-        mods = {"base Linear": base, **{f"LoRA-MoE {k}": v for k, v in layers.items()}}
+        mods = {"base Linear": base}
+        if peft_lora:                                # the cost people already accept: one rank-r LoRA, no router
+            from peft import LoraConfig
+            from peft.tuners.lora.layer import Linear as PeftLoraLinear
+            lora = PeftLoraLinear(base, "default", config=LoraConfig(r=r, lora_alpha=lora_alpha), r=r, lora_alpha=lora_alpha)
+            with torch.no_grad(): lora.lora_B["default"].weight.normal_(std=0.01)
+            mods[f"plain LoRA r={r} (PEFT)"] = lora
+        mods.update({f"LoRA-MoE {k}": v for k, v in layers.items()})
         if adapter_only:
             for impl in impls:
                 l = LoRAMoELinear(base, num_experts, top_k, r, lora_alpha, impl=impl)

@@ -15,7 +15,7 @@ from llmbind.moe import (LoRAMoELinear, inject_lora_moe, lora_moe_layers, load_b
 from llmbind.tokens import tiny_llama
 
 torch.set_num_threads(1)
-CPU_IMPLS = ["dense", "grouped"]
+CPU_IMPLS = ["dense", "grouped", "fused"]
 CASES = [dict(), dict(T=1), dict(T=7, d_in=13, d_out=11, r=3), dict(top_k=4), dict(num_experts=1, top_k=1),
          dict(top_k=1), dict(T=2, num_experts=8, top_k=2), dict(T=3, num_experts=8, top_k=8, r=1), dict(with_out=False)]
 
@@ -227,3 +227,94 @@ def test_fused_router_logits_match_router():
     x = torch.randn(6, 17)
     layer(x)
     torch.testing.assert_close(layer.last_router_logits, layer.router(x))
+
+
+# ---- the fused path (one autograd Function for router, top-k, gates and experts; notebook 03, "Fast path 4")
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("case", [dict(), dict(T=1), dict(T=7, d_in=13, d_out=11, r=3), dict(top_k=4), dict(top_k=1),
+                                  dict(T=2, num_experts=8, top_k=2), dict(with_bias=False)],
+                         ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "default")
+def test_fused_against_reference_both_conventions(case, renormalize):
+    errs = kernels.check_fused(renormalize=renormalize, **case)
+    assert max(errs.values()) < 1e-5, errs
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("N,k", [(3, 2), (3, 3), (4, 1)])
+def test_fused_gradcheck_float64(N, k, renormalize):
+    g = torch.Generator().manual_seed(N * 10 + k)
+    leaf = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+    x, Wg, A, B, W0, b0, bo = leaf(5, 6), leaf(N, 6), leaf(N, 2, 6), leaf(N, 4, 2), leaf(4, 6), leaf(4), leaf(5, 4)
+    f = kernels.FusedLoRAMoE.apply
+    assert torch.autograd.gradcheck(lambda *t: f(*t, None, k, 2.0, renormalize), (x, Wg, A, B, W0, b0))
+    assert torch.autograd.gradcheck(lambda x, Wg, A, B, bo: f(x, Wg, A, B, None, None, bo * 1, k, 2.0, renormalize), (x, Wg, A, B, bo))
+
+
+def test_fused_has_no_host_synchronisation():
+    "No nonzero, boolean masks or .item() in forward or backward: nothing that makes a GPU wait for the host."
+    from torch.utils._python_dispatch import TorchDispatchMode
+    seen = set()
+    class Record(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+    torch.manual_seed(0)
+    layer = LoRAMoELinear(nn.Linear(17, 9), impl="fused")
+    x = torch.randn(6, 17, requires_grad=True)
+    with Record():
+        y = layer(x)
+        (y.sum() + layer.last_router_logits.square().sum()).backward()   # both outputs carry gradient
+    bad = {"aten.nonzero", "aten._local_scalar_dense", "aten.masked_select", "aten.index_put_", "aten.masked_scatter"}
+    assert not (seen & bad), seen & bad
+    assert "aten.topk" in seen and layer.router.weight.grad is not None
+
+
+def test_fused_decode_path_has_no_graph_and_matches():
+    torch.manual_seed(0)
+    layer = LoRAMoELinear(nn.Linear(17, 9), impl="fused")
+    with torch.no_grad(): layer.lora_B.normal_()
+    x = torch.randn(3, 17)
+    with torch.no_grad():
+        y = layer(x)
+        layer.impl = "loop"; ref = layer(x)
+    assert y.grad_fn is None and layer.last_router_logits is not None
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_fused_falls_back_where_it_cannot_apply():
+    "Dropout, mixed dtypes, a base that is not a plain nn.Linear: the same numbers as the stacked path."
+    torch.manual_seed(0)
+    class MyLinear(nn.Linear): pass
+    layer = LoRAMoELinear(MyLinear(17, 9), impl="fused")
+    with torch.no_grad(): layer.lora_B.normal_()
+    x = torch.randn(4, 17)
+    layer.impl = "loop"; ref = _layer_grads(layer, x)
+    layer.impl = "fused"; got = _layer_grads(layer, x)                 # base given as an output (base_out)
+    for a, b in zip(got, ref): torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16
+
+
+def test_fused_tiny_model_with_mask_and_checkpointing():
+    "Training loss with the masked balancing loss: fused = dense, plain and with non-reentrant checkpointing."
+    def step(impl, ckpt):
+        torch.manual_seed(0)
+        m = tiny_llama(768, num_layers=2, hidden_size=64, intermediate_size=96, num_heads=2).requires_grad_(False)
+        inject_lora_moe(m, MoEConfig(r=4, lora_alpha=8.0, layers="all"))
+        for l in lora_moe_layers(m).values():
+            l.impl = impl
+            with torch.no_grad(): l.lora_B.normal_(std=0.1)
+        if ckpt: m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        m.train()
+        ids = torch.randint(4, 700, (2, 12), generator=torch.Generator().manual_seed(1))
+        mask = torch.ones(2, 12, dtype=torch.bool); mask[1, 7:] = False
+        loss = m(ids, attention_mask=mask.long(), labels=ids).loss + 0.1 * moe_aux_loss(m, token_mask=mask)
+        loss.backward()
+        return loss.detach(), {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+    ref_loss, ref = step("dense", False)
+    for ckpt in (False, True):
+        loss, got = step("fused", ckpt)
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
+        for n in ref: torch.testing.assert_close(got[n], ref[n], rtol=1e-4, atol=1e-6)

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """The checks that need a GPU, in one run, printed as markdown (and written to --out):
 
-1. the LoRA-MoE implementations (dense, grouped, Triton compiled for the card) against the float64 loop
-   reference on CUDA tensors, the notebook's cases in fp32 and bf16 plus a 7B-sized one;
-2. the layer benchmark (`llmbind bench`) in bf16 at 512 and 4096 tokens, 7B FFN shapes;
+1. the LoRA-MoE implementations (dense, grouped, Triton compiled for the card, the fused autograd Function)
+   against the float64 loop reference on CUDA tensors, the notebook's cases in fp32 and bf16 plus a 7B-sized
+   one; then the fused layer under torch.compile and under CUDA graphs (`fused_compile`);
+2. the layer benchmark (`llmbind bench`) in bf16 at 512 and 4096 tokens, 7B FFN shapes, with plain LoRA
+   (PEFT) as a second yardstick, and decoding (1 and 8 tokens, no grad) as a path of its own;
 3. the whole tiny model on the GPU: loss and gradients of the implementations against each other, fp32 on
    GPU against fp32 on CPU, bf16 (the GPU default) against fp32, generation with masks;
 4. training through DeepSpeed with the stand-in model: `train` with the tiny preset as it is (CPU, fp32),
@@ -70,7 +72,7 @@ def part_kernels():
     rows, bad = [], 0
     for case, kw in cases.items():
         row = {"case": case, "dtype": str(kw.get("dtype", torch.float32)).removeprefix("torch.")}
-        for impl in ("dense", "grouped", "triton"):
+        for impl in ("dense", "grouped", "triton", "fused"):
             try:
                 if DEV == "cpu" and (case.startswith("big") or impl == "triton"): continue
                 errs = check_impl(impl, device=DEV, **kw)
@@ -91,13 +93,65 @@ def part_kernels():
 
 def part_bench():
     from llmbind.kernels import bench_command
-    for tokens in (512, 4096):
-        say(f"### Layer benchmark, bf16, {tokens} tokens")
-        say()
-        f = Path(tempfile.mkstemp(suffix=".md")[1])
-        bench_command(["--device", DEV, "--dtype", "bfloat16", "--impls", "loop,grouped,dense,triton" if DEV == "cuda" else "loop,dense",
-                       "--shapes", "4096x11008,11008x4096" if DEV == "cuda" else "256x512", "--tokens", str(tokens), "--rounds", "15", "--out", str(f)])
-        LINES.extend(f.read_text().splitlines() + [""])
+    say("### Layer benchmark, bf16, 512 and 4096 tokens, and decoding (1 and 8 tokens, forward without grad)")
+    say()
+    f = Path(tempfile.mkstemp(suffix=".md")[1])
+    bench_command(["--device", DEV, "--dtype", "bfloat16",
+                   "--impls", "loop,grouped,dense,triton,fused" if DEV == "cuda" else "loop,dense,fused",
+                   "--shapes", "4096x11008,11008x4096" if DEV == "cuda" else "256x512", "--tokens", "512,4096",
+                   "--decode", "1,8", "--rounds", "15" if DEV == "cuda" else "3", "--out", str(f)])
+    LINES.extend(f.read_text().splitlines() + [""])
+
+
+def part_fused_compile():
+    "The fused layer under torch.compile and under CUDA graphs: same outputs and gradients as eager, and its speed."
+    import torch
+    from torch import nn
+    from llmbind.moe import LoRAMoELinear
+    from llmbind.kernels import time_paired
+    d_in, d_out, T = (4096, 11008, 512) if DEV == "cuda" else (64, 96, 16)
+    dt = torch.bfloat16
+    torch.manual_seed(0)
+    base = nn.Linear(d_in, d_out, bias=False, device=DEV, dtype=dt).requires_grad_(False)
+    layer = LoRAMoELinear(base, impl="fused")
+    with torch.no_grad(): layer.lora_B.normal_(std=0.01)
+    x = torch.randn(T, d_in, device=DEV, dtype=dt, requires_grad=True)
+    gout = torch.randn(T, d_out, device=DEV, dtype=dt)
+    params = [x, layer.router.weight, layer.lora_A, layer.lora_B]
+
+    def step(f):
+        for p in params: p.grad = None
+        y = f(x)
+        (y.float() * gout.float()).sum().backward()
+        return [y.detach().float()] + [p.grad.float() for p in params if p.grad is not None]
+
+    ref = step(layer)
+    modes = {"compile (default)": dict(backend="inductor") if DEV == "cuda" else dict(backend="aot_eager"),
+             "compile (reduce-overhead: CUDA graphs)": dict(mode="reduce-overhead")}
+    rows, fns, bad = [], {"base Linear": lambda: step(base), "fused, eager": lambda: step(layer)}, 0
+    for name, kw in modes.items():
+        if DEV == "cpu" and "CUDA" in name: continue
+        try:
+            torch._dynamo.reset()
+            f = torch.compile(layer, **kw)
+            for _ in range(3): got = step(f)      # warm-up: compile, record the graphs
+            err = max(((a - b).abs().max() / b.abs().max().clamp_min(1.0)).item() for a, b in zip(got, ref))
+            ok = err < 3e-2
+            rows.append({"variant": name, "worst rel. diff to eager (out, grads of x, W_g, A, B)": f"{err:.1e}",
+                         "ok": "yes" if ok else "NO"})
+            bad += not ok
+            fns[f"fused, {name}"] = (lambda f=f: step(f))
+        except Exception as e:
+            traceback.print_exc()
+            rows.append({"variant": name, "worst rel. diff to eager (out, grads of x, W_g, A, B)": f"error: {type(e).__name__}: {str(e)[:100]}", "ok": "NO"})
+            bad += 1
+    say(f"### Fused LoRA-MoE under torch.compile, bf16, {d_in}→{d_out}, T={T}")
+    say()
+    table(rows)
+    sync = torch.cuda.synchronize if DEV == "cuda" else (lambda: None)
+    df = time_paired({k: (lambda f=f: (f(), sync())) for k, f in fns.items()}, baseline="base Linear", rounds=15 if DEV == "cuda" else 3)
+    table([{"layer (fwd+bwd)": k, "ms": f"{v['median_ms']:.3f}", "x base": f"{v['ratio']:.3f}"} for k, v in df.iterrows()])
+    if bad: raise AssertionError(f"{bad} compiled variants failed")
 
 
 def part_model():
@@ -116,8 +170,10 @@ def part_model():
         return x
 
     def run(impl, device, dtype):
-        cfg = LLMBindConfig.tiny().override(f"moe.impl={impl}", f"dtype={dtype}")
+        from llmbind.moe import lora_moe_layers
+        cfg = LLMBindConfig.tiny().override(f"moe.impl={'dense' if impl == 'fused' else impl}", f"dtype={dtype}")
         m = LLMBindForCausalLM.from_config(cfg, device=device, seed=1)
+        for l in lora_moe_layers(m).values(): l.impl = impl     # the config's moe.impl does not list "fused" yet
         batch = collate(m, ss)
         m.train()
         out = m(**to(batch, device))
@@ -133,7 +189,8 @@ def part_model():
     rows, bad = [], 0
     for impl, dev, dt, tol in [("loop", DEV, "float32", 1e-3), ("dense", DEV, "float32", 1e-3),
                                ("grouped", DEV, "float32", 1e-3), ("triton", DEV, "float32", 1e-3),
-                               ("dense", DEV, "bfloat16", 0.25), ("triton", DEV, "bfloat16", 0.25)]:
+                               ("fused", DEV, "float32", 1e-3), ("dense", DEV, "bfloat16", 0.25),
+                               ("triton", DEV, "bfloat16", 0.25), ("fused", DEV, "bfloat16", 0.25)]:
         if DEV == "cpu" and impl == "triton": continue
         try:
             m, terms, grads = run(impl, dev, dt)
@@ -249,7 +306,7 @@ def part_demo(out: Path):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=None, help="also write the markdown here")
-    ap.add_argument("--parts", default="kernels,bench,model,train,train_gpu,train_gpu_bf16,demo,stage_b_gpu,stage_b_gpu_bf16")
+    ap.add_argument("--parts", default="kernels,fused_compile,bench,model,train,train_gpu,train_gpu_bf16,demo,stage_b_gpu,stage_b_gpu_bf16")
     ap.add_argument("--work", default=None, help="folder for the runs (default: a temporary folder)")
     ap.add_argument("--dry-run", action="store_true", help="run the script on the CPU (small shapes, no Triton) to check it")
     a = ap.parse_args(argv)
@@ -263,7 +320,7 @@ def main(argv=None) -> int:
     say(f"# GPU checks ({time.strftime('%Y-%m-%d')})")
     say()
     part_env()
-    parts = {"kernels": part_kernels, "bench": part_bench, "model": part_model,
+    parts = {"kernels": part_kernels, "fused_compile": part_fused_compile, "bench": part_bench, "model": part_model,
              "train": lambda: part_train(work / "train", "cpu" if DEV == "cpu" else "auto"),
              "train_gpu": lambda: part_train(work / "train_gpu", DEV),
              "train_gpu_bf16": lambda: part_train(work / "train_gpu_bf16", DEV, "bf16"),
