@@ -4,14 +4,14 @@
 
 # %% ../nbs/13_agent.ipynb #b3f7c04d
 from __future__ import annotations
-import argparse, html, json, os, re, sys, time, warnings
+import argparse, html, itertools, json, os, re, sys, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from .config import LLMBindConfig, ConfigError, apply_paths
+from .config import LLMBindConfig, ConfigError, UserError, apply_paths
 from .tokens import TASK_TOKENS, TASKS, IMAGE_TOKEN, TaskCall, ParseProblem, format_vicuna
 from .model import LLMBindForCausalLM, ModelInputError
 from .generators import (Artifact, GeneratorRegistry, GeneratorNotConfigured, MissingImageError,
@@ -166,6 +166,7 @@ class Turn:
 
 # %% ../nbs/13_agent.ipynb #2fdd51dd
 _TINY_MODELS: dict = {}       # (seed, device) -> model built by `from_preset("tiny")`, shared by agents
+_TURN_FILE = re.compile(r"t(\d+)_")   # the files of turn N start with tNNN_
 
 def _atomic_write(path: Path, text: str):
     tmp = path.with_name(f".{path.name}.tmp")
@@ -192,16 +193,25 @@ class LLMBindAgent:
         if self.out_dir is not None: self._resume_index()
 
     def _resume_index(self):
-        "Continue the numbering of an existing conversation.json so earlier files are never overwritten."
+        "Continue the numbering after conversation.json's turns and every tNNN_ file on disk, so earlier files are never overwritten."
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._turn_no = max((int(m[1]) for p in self.out_dir.iterdir() if (m := _TURN_FILE.match(p.name))), default=0)
         f = self.out_dir / "conversation.json"
         if not f.is_file(): return
-        try: old = json.loads(f.read_text())
-        except json.JSONDecodeError:
-            warnings.warn(f"{f} is not valid JSON; starting a new index"); return
-        self.log = list(old.get("turns", []))
-        self._turn_no = max((t.get("index", 0) for t in self.log), default=0)
-        self.conversation = max((t.get("conversation", 0) for t in self.log), default=-1) + 1
+        try:
+            old = json.loads(f.read_text(encoding="utf-8"))
+            turns = old.get("turns") if isinstance(old, dict) else None
+            if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+                raise ValueError("it is not an llmbind-chat index (no list of turns)")
+            last = max((int(t.get("index", 0)) for t in turns), default=0)
+            conversation = max((int(t.get("conversation", 0)) for t in turns), default=-1) + 1
+        except (ValueError, TypeError) as e:        # not UTF-8, not JSON, or not our index: keep it, aside, and go on
+            aside = next(a for n in itertools.count(1) if not (a := f.with_name(f"{f.name}.corrupt-{n}")).exists())
+            os.replace(f, aside)
+            warnings.warn(f"{f} is damaged ({type(e).__name__}: {e}); moved it to {aside.name}; the new index numbers "
+                          f"turns after t{self._turn_no:03d}, the last turn file in the folder", stacklevel=3)
+            return
+        self.log, self._turn_no, self.conversation = turns, max(self._turn_no, last), conversation
 
     def reset(self) -> "LLMBindAgent":
         "Start a new conversation: forget the history and the current image (files already saved stay)."
@@ -487,7 +497,6 @@ def _chat_parser() -> argparse.ArgumentParser:
     return p
 
 def _agent_from_args(a) -> LLMBindAgent:
-    from llmbind.cli import UserError
     kw = dict(out_dir=a.out, seed=a.seed, max_new_tokens=a.max_new_tokens)
     if a.checkpoint:
         d = Path(a.checkpoint).expanduser()
@@ -511,7 +520,6 @@ def _agent_from_args(a) -> LLMBindAgent:
     return LLMBindAgent.from_preset("tiny", **kw)
 
 def _load_image(path: str):
-    from llmbind.cli import UserError
     p = Path(path).expanduser()
     if not p.is_file(): raise UserError(f"image file {p} does not exist")
     try: return to_pil_image(p)
@@ -552,12 +560,14 @@ def _repl(agent: LLMBindAgent, image=None, stdin=None, stdout=None) -> int:
 
 def chat_command(argv: Sequence[str]) -> int:
     "`llmbind chat [TEXT] [--image F] [--checkpoint RUN_DIR | --preset tiny] [--out DIR] [--response R]`: one shot or a REPL."
-    from llmbind.cli import UserError
     a = _chat_parser().parse_args(list(argv))
     if a.max_new_tokens < 1: raise UserError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
     if a.text is not None and not a.text.strip(): raise UserError("the message is empty")
     image = _load_image(a.image) if a.image else None
-    agent = _agent_from_args(a)
+    try: agent = _agent_from_args(a)
+    except ValueError as e:                 # a damaged checkpoint folder (tokenizer, weights): the user's input, one line
+        if isinstance(e, ConfigError): raise
+        raise UserError(str(e)) from None
     if a.text is None and a.response is None: return _repl(agent, image)
     if a.response is None and agent.model is not None and agent.model.cfg.preset == "tiny":
         print("(tiny preset: the model is untrained, so its answer is noise; --response TEXT carries out a given answer)", file=sys.stderr)

@@ -6,10 +6,11 @@
 from __future__ import annotations
 import argparse, importlib, sys, json
 from typing import Optional, Sequence
-from .config import LLMBindConfig, ConfigError, apply_paths
+from .config import LLMBindConfig, ConfigError, UserError, apply_paths
+_all_ = ['UserError']   # defined in llmbind.config (one class for every module), offered here too
 
 # %% auto #0
-__all__ = ['COMMANDS', 'UserError', 'config_command', 'main']
+__all__ = ['COMMANDS', 'config_command', 'main', 'UserError']
 
 # %% ../nbs/17_cli.ipynb #40682e5d
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -20,9 +21,6 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "eval": ("llmbind.evaluate", "eval_command", "evaluate a run folder and write a JSON report"),
     "bench": ("llmbind.kernels", "bench_command", "benchmark the LoRA-MoE implementations"),
 }
-
-class UserError(Exception):
-    "An error caused by the command line or its inputs; printed without a traceback."
 
 def _resolve(name: str):
     mod, fn, _ = COMMANDS[name]
@@ -49,7 +47,9 @@ def config_command(argv: Sequence[str]) -> int:
     cfg = LLMBindConfig.from_file(a.config) if a.config else LLMBindConfig.from_preset(a.preset)
     cfg = apply_paths(cfg, a.checkpoints, a.data_root)
     if a.set: cfg = cfg.override(*a.set)
-    if a.save: print(f"saved {cfg.save(a.save)}", file=sys.stderr)
+    if a.save:
+        try: print(f"saved {cfg.save(a.save)}", file=sys.stderr)
+        except OSError as e: raise UserError(f"--save: cannot write {a.save} ({e.strerror or e})") from None
     print(json.dumps(cfg.to_dict(), indent=2))
     return 0
 
@@ -78,4 +78,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 # %% ../nbs/17_cli.ipynb #3f939d47
 if __name__ == "__main__" and not any(m in sys.modules for m in ("ipykernel", "execnb")):
-    sys.exit(main())
+    from llmbind.cli import main as _package_main       # not this __main__ copy of the module
+    sys.exit(_package_main())

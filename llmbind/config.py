@@ -4,19 +4,22 @@
 
 # %% ../nbs/00_config.ipynb #ef1383c7
 from __future__ import annotations
-import dataclasses, json, typing, copy
+import dataclasses, json, math, typing, copy
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Optional, Union
 
 # %% auto #0
-__all__ = ['ConfigError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig', 'paper_datasets',
-           'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig', 'LLMBindConfig',
-           'apply_paths']
+__all__ = ['ConfigError', 'UserError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig',
+           'paper_datasets', 'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig',
+           'LLMBindConfig', 'apply_paths']
 
 # %% ../nbs/00_config.ipynb #200bdec0
 class ConfigError(ValueError):
     "A configuration value is unknown, has the wrong type or is impossible; the message names the field."
+
+class UserError(Exception):
+    "A mistake in the command line or its inputs (a bad option, a missing file); `llmbind` prints it as one line, without a traceback."
 
 # %% ../nbs/00_config.ipynb #fc66b445
 def _type_name(tp) -> str:
@@ -50,6 +53,7 @@ def _check_value(value, tp, path: str):
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(value): raise ConfigError(f"{path}: must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -109,6 +113,10 @@ class ConfigBase:
 def _need(cond: bool, path: str, msg: str):
     if not cond: raise ConfigError(f"{path}: {msg}")
 
+def _need_positive(obj, path: str, *names: str):
+    "Every size or count in `names` must be at least 1: a 0 would only fail later, inside a training rank (a division by zero)."
+    for k in names: _need(getattr(obj, k) > 0, f"{path}.{k}", f"must be positive, got {getattr(obj, k)}")
+
 # %% ../nbs/00_config.ipynb #b1c8356d
 @dataclass
 class VisionConfig(ConfigBase):
@@ -127,7 +135,7 @@ class VisionConfig(ConfigBase):
 
     def validate(self, path="vision"):
         super().validate(path)
-        _need(self.image_size > 0 and self.patch_size > 0, path, "image_size and patch_size must be positive")
+        _need_positive(self, path, "image_size", "patch_size", "hidden_size", "num_layers", "num_heads", "intermediate_size")
         _need(self.image_size % self.patch_size == 0, f"{path}.image_size",
               f"{self.image_size} is not a multiple of patch_size {self.patch_size}")
         _need(self.hidden_size % self.num_heads == 0, f"{path}.hidden_size", "must be divisible by num_heads")
@@ -163,8 +171,9 @@ class LLMConfig(ConfigBase):
 
     def validate(self, path="llm"):
         super().validate(path)
-        for k in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "model_max_length"):
-            _need(getattr(self, k) > 0, f"{path}.{k}", "must be positive")
+        _need_positive(self, path, "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                       "max_position_embeddings", "model_max_length")
+        _need(self.rms_norm_eps > 0, f"{path}.rms_norm_eps", f"must be positive (LLaMA uses 1e-5 or 1e-6), got {self.rms_norm_eps}")
         _need(self.hidden_size % self.num_heads == 0, f"{path}.hidden_size", "must be divisible by num_heads")
         _need(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads", "must divide num_heads")
         _need(self.train_embeddings in ("full", "new_rows", "none"), f"{path}.train_embeddings",
@@ -183,7 +192,7 @@ class MoEConfig(ConfigBase):
     lora_dropout: float = 0.0
     layers: Union[str, list[int]] = "every_other"  # "every_other", "all", or explicit decoder-layer indices
     target_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])
-    impl: str = "auto"                     # "auto", "loop" (reference), "dense", "grouped", "triton"
+    impl: str = "auto"                     # "auto" (= "fused"), "fused", "loop" (reference), "dense", "grouped", "triton"
 
     def validate(self, path="moe"):
         super().validate(path)
@@ -199,8 +208,8 @@ class MoEConfig(ConfigBase):
             _need(all(i >= 0 for i in self.layers), f"{path}.layers", "layer indices must be non-negative")
             _need(len(set(self.layers)) == len(self.layers), f"{path}.layers", "duplicate layer index")
         _need(len(self.target_modules) > 0, f"{path}.target_modules", "name at least one linear")
-        _need(self.impl in ("auto", "loop", "dense", "grouped", "triton"), f"{path}.impl",
-              "must be one of auto, loop, dense, grouped, triton")
+        _need(self.impl in ("auto", "fused", "loop", "dense", "grouped", "triton"), f"{path}.impl",
+              "must be one of auto, fused, loop, dense, grouped, triton")
         return self
 
     def layer_indices(self, num_layers: int) -> list[int]:
@@ -231,7 +240,8 @@ class SegmentConfig(ConfigBase):
     def validate(self, path="segment"):
         super().validate(path)
         _need(self.sam_type in ("tiny", "vit_b", "vit_l", "vit_h"), f"{path}.sam_type", "must be tiny, vit_b, vit_l or vit_h")
-        _need(self.image_size > 0 and self.prompt_embed_dim > 0, path, "image_size and prompt_embed_dim must be positive")
+        _need_positive(self, path, "image_size", "prompt_embed_dim", "encoder_embed_dim", "encoder_depth", "encoder_patch_size",
+                       "encoder_num_heads", "decoder_depth")
         _need(self.image_size % self.encoder_patch_size == 0, f"{path}.image_size", "must be a multiple of encoder_patch_size")
         _need(len(set(self.class_names)) == len(self.class_names), f"{path}.class_names", "duplicate class name")
         return self
@@ -339,7 +349,7 @@ class DataConfig(ConfigBase):
         super().validate(path)
         _check_mix({"weight": 1.0, "children": self.mix}, f"{path}.mix")
         _check_datasets(self.datasets, self.mix, f"{path}.datasets")
-        _need(self.synthetic_train_size > 0 and self.synthetic_eval_size > 0, path, "synthetic sizes must be positive")
+        _need_positive(self, path, "synthetic_train_size", "synthetic_eval_size", "image_size")
         _need(self.num_workers >= 0, f"{path}.num_workers", "cannot be negative")
         return self
 
@@ -373,7 +383,7 @@ class TrainConfig(ConfigBase):
         _need(all(0 <= b < 1 for b in self.betas), f"{path}.betas", "each beta must be in [0, 1)")
         _need(self.warmup_steps >= 0, f"{path}.warmup_steps", "cannot be negative")
         _need(self.total_steps >= 1, f"{path}.total_steps", "must be at least 1")
-        _need(self.micro_batch_size >= 1 and self.grad_accum >= 1, path, "micro_batch_size and grad_accum must be >= 1")
+        for k in ("micro_batch_size", "grad_accum"): _need(getattr(self, k) >= 1, f"{path}.{k}", "must be at least 1")
         _need(self.grad_clip >= 0, f"{path}.grad_clip", "cannot be negative (0 disables clipping)")
         _need(self.zero_stage in (0, 1, 2, 3), f"{path}.zero_stage", "must be 0, 1, 2 or 3")
         _need(self.precision in ("auto", "bf16", "fp16", "fp32"), f"{path}.precision", "must be auto, bf16, fp16 or fp32")
@@ -404,13 +414,14 @@ class GeneratorsConfig(ConfigBase):
         for k in ("num_inference_steps", "image_size", "num_frames"): _need(getattr(self, k) >= 1, f"{path}.{k}", "must be at least 1")
         _need(self.image_size % 8 == 0, f"{path}.image_size", "must be a multiple of 8 (the VAE downsamples by 8)")
         _need(self.audio_seconds > 0, f"{path}.audio_seconds", "must be positive")
+        _need(self.guidance_scale >= 0, f"{path}.guidance_scale", "cannot be negative (1 or less turns classifier-free guidance off)")
         return self
 
 # %% ../nbs/00_config.ipynb #817eeba2
 @dataclass
 class LLMBindConfig(ConfigBase):
     "The complete llmbind configuration."
-    preset: str = "custom"
+    preset: str = "custom"                 # "custom", "tiny" or "paper_7b": a file naming a preset starts from its values
     vision: VisionConfig = field(default_factory=VisionConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
@@ -423,8 +434,22 @@ class LLMBindConfig(ConfigBase):
     dtype: str = "auto"                    # model dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
     strict_load: bool = True               # a missing or unexpected weight in a loaded checkpoint is an error (False: a warning)
 
+    @classmethod
+    def from_dict(cls, d: dict, path: str = ""):
+        "Like `ConfigBase.from_dict`, but a mapping that names a preset (`preset: tiny`) starts from that preset's values."
+        name = d.get("preset") if isinstance(d, dict) else None
+        if isinstance(name, str) and name in _PRESETS:      # the preset's sections, each overlaid key by key with the given ones
+            base = cls.from_preset(name).to_dict()
+            d = {**base, **{k: {**base[k], **v} if isinstance(base.get(k), dict) and isinstance(v, dict) else v
+                            for k, v in d.items()}}
+        try: return super().from_dict(d, path)
+        except RecursionError:
+            raise ConfigError(f"{path or 'config'}: nested too deeply to be a configuration (a mixture tree of that depth is a mistake)") from None
+
     def validate(self, path=""):
         super().validate(path)
+        _need(self.preset in _PRESETS or self.preset == "custom", "preset",
+              f"'{self.preset}' is not a preset; use 'custom', {', '.join(repr(p) for p in _PRESETS)}")
         _need(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", "must be auto, float32, bfloat16 or float16")
         _need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device", "must be auto, cpu or cuda[:i]")
         _need(self.data.image_size == self.vision.image_size, "data.image_size",
@@ -470,26 +495,35 @@ class LLMBindConfig(ConfigBase):
     @classmethod
     def from_preset(cls, name: str, **kw) -> "LLMBindConfig":
         "`'tiny'` or `'paper_7b'`."
-        presets = {"tiny": cls.tiny, "paper_7b": cls.paper_7b}
-        if name not in presets: raise ConfigError(f"unknown preset '{name}' (choose one of {', '.join(presets)})")
-        return presets[name](**kw)
+        if name not in _PRESETS: raise ConfigError(f"unknown preset '{name}' (choose one of {', '.join(_PRESETS)})")
+        return getattr(cls, name)(**kw)
+
+_PRESETS = ("tiny", "paper_7b")
 
 # %% ../nbs/00_config.ipynb #322d3404
 def _load_text(path: Path) -> dict:
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-        try: d = yaml.safe_load(text)
-        except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    else:
-        try: d = json.loads(text)
-        except json.JSONDecodeError as e: raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    try: text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); save the config file as UTF-8 JSON or YAML") from None
+    except OSError as e: raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+    kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+    try:
+        if kind == "YAML":
+            import yaml
+            try: d = yaml.safe_load(text)
+            except yaml.YAMLError as e: raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        else:
+            try: d = json.loads(text)
+            except json.JSONDecodeError as e: raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the {kind} is nested too deeply to be a configuration") from None
     if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping")
     return d
 
 def _save(self, path) -> Path:
     "Write the config as JSON (default) or YAML (`.yaml`/`.yml`)."
     path = Path(path)
+    if path.is_dir(): raise ConfigError(f"cannot save the config to {path}: it is a folder; give a file name such as {path / 'config.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix in (".yaml", ".yml"):
         import yaml
@@ -501,6 +535,7 @@ def _save(self, path) -> Path:
 def _from_file(cls, path) -> "LLMBindConfig":
     "Read a JSON/YAML config; unknown keys, wrong types and impossible values raise `ConfigError`."
     path = Path(path)
+    if path.is_dir(): raise ConfigError(f"config file {path} is a folder; give the JSON/YAML file inside it")
     if not path.is_file(): raise ConfigError(f"config file {path} does not exist")
     try: return cls.from_dict(_load_text(path))
     except ConfigError as e: raise ConfigError(f"{path}: {e}") from None

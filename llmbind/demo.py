@@ -219,8 +219,10 @@ def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 900, batch_size: int
                            f"({sam['time_s']:.0f}s)", file=sys.stderr, flush=True)
     # the base: LLM with the base vocabulary only (task tokens come in stage B), projector and CLIP tower
     llm = model.llm
-    llm.resize_token_embeddings(len(build_tokenizer(cfg)))
+    base_tok = build_tokenizer(cfg_a)                                   # the base vocabulary, without the task tokens
+    llm.resize_token_embeddings(len(base_tok))
     llm.save_pretrained(str(out / "llm"))
+    base_tok.save_pretrained(str(out / "llm"))                          # the base folder carries its own tokenizer, as a LLaVA folder does
     from safetensors.torch import save_file
     extra = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(("projector.", "vision_tower.", "segment.sam."))}
     save_file(extra, str(out / "extra.safetensors"))

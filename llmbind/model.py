@@ -803,8 +803,15 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d} is not an llmbind checkpoint (it needs config.json and model.safetensors from save_pretrained)")
     cfg = LLMBindConfig.from_file(d / "config.json")
-    with _quiet_transformers():
-        tok = AutoTokenizer.from_pretrained(str(d / "tokenizer"), local_files_only=True)
+    td = d / "tokenizer"                            # never a hub id: a missing folder is an incomplete checkpoint, said as such
+    if not td.is_dir() or not any((td / f).is_file() for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"{d} has no tokenizer ({td} with tokenizer.json or tokenizer.model); the checkpoint folder is "
+                                "incomplete: copy tokenizer/ from the run that saved it, or save the model again")
+    try:
+        with _quiet_transformers(): tok = AutoTokenizer.from_pretrained(str(td), local_files_only=True)
+    except Exception as e:                          # a truncated or damaged tokenizer.json
+        raise ValueError(f"{td}: the tokenizer cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                         f"the checkpoint folder {d} is damaged: copy tokenizer/ again from the run that saved it") from None
     with warnings.catch_warnings():                 # a new projector is random only until model.safetensors is read
         warnings.simplefilter("ignore", RandomProjectorWarning)
         model = cls.from_config(cfg, tokenizer=tok, device=device)

@@ -359,3 +359,41 @@ def test_cli_config_and_paths(tmp_path, capsys):
     assert rc == 0 and "[gen] image" in capsys.readouterr().out
     with pytest.raises(FileNotFoundError, match="LLaVA-Lightning-7B-v1-1"):
         chat_command(["hi", "--config", str(cfg_file), "--checkpoints", str(tmp_path / "ckpt")])
+
+
+# --- a damaged conversation.json never costs earlier files ---------------------------------------------
+@pytest.mark.parametrize("bad", ['{"format": "llmbind-chat/1", "turns": [{"index": 1', '[1, 2]', '{"turns": [{"index": "x"}]}',
+                                 b'{"turns": [{"user": "caf\xe9"}]}', '{"turns": 3}'])
+def test_damaged_index_is_moved_aside_and_numbering_continues(tmp_path, bad):
+    (tmp_path / "t001_1_gen.png").write_bytes(b"first"); (tmp_path / "t002_input.png").write_bytes(b"second")
+    f = tmp_path / "conversation.json"
+    f.write_bytes(bad) if isinstance(bad, bytes) else f.write_text(bad)
+    with pytest.warns(UserWarning, match="conversation.json.corrupt-1"):
+        t = LLMBindAgent(None, fake_registry([]), out_dir=tmp_path).execute("<gen> a dog </gen>")
+    assert t.index == 3                                          # after the highest tNNN_ file, not turn 1 again
+    assert (tmp_path / "t001_1_gen.png").read_bytes() == b"first" and (tmp_path / "t002_input.png").read_bytes() == b"second"
+    assert (tmp_path / "conversation.json.corrupt-1").read_bytes() == (bad if isinstance(bad, bytes) else bad.encode())
+    assert [x["index"] for x in json.loads(f.read_text())["turns"]] == [3]
+    f.write_text("{cut")                                         # a second damaged index goes to corrupt-2, numbering goes on
+    with pytest.warns(UserWarning, match="corrupt-2"):
+        assert LLMBindAgent(None, fake_registry([]), out_dir=tmp_path).execute("<gen> a cat </gen>").index == 4
+    assert (tmp_path / "conversation.json.corrupt-1").exists()
+
+
+def test_index_behind_the_files_on_disk(tmp_path):
+    "A valid conversation.json that lists fewer turns than the folder holds (a crash between saving and indexing)."
+    a = LLMBindAgent(None, fake_registry([]), out_dir=tmp_path)
+    a.execute("<gen> a dog </gen>")
+    (tmp_path / "t002_1_gen.png").write_bytes(b"orphan")
+    t = LLMBindAgent(None, fake_registry([]), out_dir=tmp_path).execute("<gen> a cat </gen>")
+    assert t.index == 3 and (tmp_path / "t002_1_gen.png").read_bytes() == b"orphan"
+
+
+def test_cli_chat_on_a_damaged_index(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert chat_command(["a", "--out", str(out), "--response", "<gen> a dog </gen>"]) == 0
+    first = (out / "t001_1_gen.png").read_bytes()
+    (out / "conversation.json").write_text('{"turns": [')
+    with pytest.warns(UserWarning, match="corrupt-1"):
+        assert chat_command(["b", "--out", str(out), "--response", "<gen> a cat </gen>"]) == 0
+    assert (out / "t001_1_gen.png").read_bytes() == first and (out / "t002_1_gen.png").is_file()
