@@ -4,7 +4,8 @@
 
 # %% ../nbs/11_train.ipynb #4a96898b
 from __future__ import annotations
-import argparse, base64, contextlib, copy, importlib, json, logging, math, os, random, re, shutil, socket, subprocess, sys, tempfile, time, warnings
+import argparse, base64, contextlib, copy, fcntl, hashlib, importlib, json, logging, math, os, pickle, random, re, shutil, signal, socket
+import subprocess, sys, tempfile, threading, time, traceback, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
@@ -17,13 +18,16 @@ from .tokens import tiny_llama
 from .mixing import MixtureSampler
 
 # %% auto #0
-__all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'LATEST', 'METRICS', 'FULL_STATE_MAX_PARAMS', 'device_type_for',
-           'resolve_precision', 'quiet_deepspeed', 'deepspeed_config', 'optimizer_for', 'warmup_decay_lr',
-           'deepspeed_scheduler', 'TrainOutput', 'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData',
-           'standin_model', 'standin_data', 'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached',
-           'use_shm_op', 'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint',
-           'rng_state', 'set_rng_state', 'read_metrics', 'MetricsLog', 'enable_checkpointing', 'train',
-           'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for',
+__all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATHSIG', 'LOCK', 'LATEST', 'MANIFEST', 'METRICS',
+           'FULL_STATE_MAX_PARAMS', 'RUN_ENTRIES', 'device_type_for', 'resolve_precision', 'quiet_deepspeed',
+           'deepspeed_config', 'optimizer_for', 'warmup_decay_lr', 'deepspeed_scheduler', 'TrainOutput',
+           'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData', 'standin_model', 'standin_data',
+           'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached', 'use_shm_op',
+           'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock', 'checkpoint_tag', 'write_text_atomic',
+           'read_latest', 'list_checkpoints', 'atomic_checkpoint', 'write_manifest', 'verify_checkpoint',
+           'find_resumable', 'set_aside', 'rng_state', 'set_rng_state', 'checkpoint_globals', 'weights_only_loading',
+           'read_metrics', 'MetricsLog', 'enable_checkpointing', 'train', 'check_overwritable', 'prepare_run_dir',
+           'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for', 'config_changes',
            'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #3f46c361
@@ -336,6 +340,89 @@ def use_shm_op(device_type: str = "cpu", world_size: Optional[int] = None,
         deepspeed.ops.__compatible_ops__[SHM_OP] = False   # DeepSpeed then uses torch.distributed (gloo) directly
     return use
 
+# %% ../nbs/11_train.ipynb #6a061cc4
+PR_SET_PDEATHSIG = 1        # from <linux/prctl.h>
+LOCK = ".lock"
+
+def _prctl():
+    "libc's prctl, or None off Linux."
+    if not sys.platform.startswith("linux"): return None
+    import ctypes
+    try: return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError): return None
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> bool:
+    "Ask Linux to send `sig` to this process when its parent exits (kept across exec); False where unsupported."
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+def _die_with_parent(sig: int):
+    "A Popen preexec_fn: the child gets `sig` when this process dies (and exits if it already has)."
+    prctl, parent = _prctl(), os.getpid()
+    def setup():
+        if prctl is not None: prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent: os._exit(1)      # the launcher died before prctl took effect
+    return setup
+
+def _stop_group(proc: subprocess.Popen, grace: float):
+    "SIGTERM to the child's process group, SIGKILL after `grace` seconds."
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(proc.pid, sig)
+        try: proc.wait(timeout=wait); return
+        except subprocess.TimeoutExpired: pass
+
+def run_owned(cmd: Sequence[str],                 # the command (torchrun or one rank)
+              env: Optional[dict] = None,
+              stdout=None,                        # a file for stdout and stderr (None: the terminal)
+              timeout: Optional[float] = None,    # seconds before the group is stopped (TimeoutExpired)
+              grace: float = 30.0,                # seconds between SIGTERM and SIGKILL when stopping it
+             ) -> int:
+    "Run `cmd` as a process group that cannot outlive this process; SIGINT/SIGTERM are forwarded to it. Returns its exit status."
+    proc = subprocess.Popen(list(cmd), env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout is not None else None,
+                            start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
+    got = []
+    def forward(sig, frame):
+        got.append(sig)
+        with contextlib.suppress(ProcessLookupError, PermissionError): os.killpg(proc.pid, sig)
+    on_main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)} if on_main else {}
+    try: rc = proc.wait(timeout=timeout)             # forwarded signals: wait until the group has stopped
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+        if proc.poll() is None: _stop_group(proc, grace)   # leaving abnormally (timeout, exception): take the group along
+    if got: raise KeyboardInterrupt() if got[0] == signal.SIGINT else SystemExit(128 + got[0])
+    return rc
+
+class RunLockedError(FileExistsError):
+    "The run folder is held by another trainer."
+
+_HELD: dict[str, list] = {}     # run folder -> [lock file descriptor, depth] held by this process
+
+@contextlib.contextmanager
+def run_lock(out_dir: Union[str, Path]):
+    "Hold RUN/.lock exclusively (fcntl.flock, creating RUN) inside the block; re-entrant in one process."
+    out = Path(out_dir).resolve(); key = str(out)
+    if key in _HELD:
+        _HELD[key][1] += 1
+        try: yield out
+        finally: _HELD[key][1] -= 1
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)      # not inherited by the ranks (O_CLOEXEC)
+    try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(f"run folder {out} is in use by another trainer (PID {holder}); wait for it to finish, "
+                             f"stop it, or choose another --out") from None
+    os.ftruncate(fd, 0); os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[key] = [fd, 1]
+    try: yield out
+    finally:
+        del _HELD[key]
+        with contextlib.suppress(OSError): os.ftruncate(fd, 0)
+        os.close(fd)                                               # releases the lock
+
 # %% ../nbs/11_train.ipynb #26cfd12a
 LATEST = "latest"
 _TAG_RE = re.compile(r"^step_(\d{6,})$")
@@ -382,7 +469,7 @@ def atomic_checkpoint(ckpt_dir: Union[str, Path],            # the run's checkpo
                       barrier: Callable[[], Any] = lambda: None,  # synchronises the ranks
                       keep: int = 2,                         # published checkpoints kept (older ones are deleted)
                      ) -> Path:
-    "Write a checkpoint into `<tag>.tmp`, then publish it as `<tag>` and point `latest` at it; returns the folder."
+    "Write a checkpoint into `<tag>.tmp`, add its manifest, publish it as `<tag>` and point `latest` at it; returns the folder."
     ckpt_dir = Path(ckpt_dir); tmp, final = ckpt_dir / f"{tag}.tmp", ckpt_dir / tag
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -393,6 +480,7 @@ def atomic_checkpoint(ckpt_dir: Union[str, Path],            # the run's checkpo
     write_fn(tmp)
     barrier()
     if rank == 0:
+        write_manifest(tmp)                           # sizes and checksums, inside the folder before it is published
         if final.exists(): shutil.rmtree(final)       # a stale copy that `latest` never named
         os.rename(tmp, final); _fsync_dir(ckpt_dir)
         write_text_atomic(ckpt_dir / LATEST, tag)
@@ -400,6 +488,64 @@ def atomic_checkpoint(ckpt_dir: Union[str, Path],            # the run's checkpo
             if old != tag: shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     barrier()
     return final
+
+# %% ../nbs/11_train.ipynb #62867e39
+MANIFEST = "manifest.json"
+
+def _sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(chunk), b""): h.update(b)
+        with contextlib.suppress(OSError): os.fsync(f.fileno())     # the checkpoint's bytes reach the disk
+    return h.hexdigest()
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+def write_manifest(folder: Union[str, Path]) -> dict:
+    "Write `folder/manifest.json`: the size and SHA-256 of every other file in the folder; returns its entries."
+    folder = Path(folder)
+    files = {n: {"bytes": (folder / n).stat().st_size, "sha256": _sha256(folder / n)} for n in _files(folder)}
+    write_text_atomic(folder / MANIFEST, json.dumps({"files": files}, indent=1))
+    return files
+
+def verify_checkpoint(folder: Union[str, Path]) -> list[str]:
+    "What is wrong with a checkpoint folder against its manifest: [] when every file is there, whole and unchanged."
+    folder = Path(folder); m = folder / MANIFEST
+    if not m.is_file(): return [f"it has no {MANIFEST} (incomplete, or written before llmbind kept manifests)"]
+    try: files = json.loads(m.read_text())["files"]; assert isinstance(files, dict)
+    except (ValueError, KeyError, TypeError, AssertionError): return [f"its {MANIFEST} is unreadable"]
+    bad = []
+    for name, want in files.items():
+        p = folder / name
+        if not p.is_file(): bad.append(f"{name} is missing")
+        elif p.stat().st_size != want.get("bytes"): bad.append(f"{name} has {p.stat().st_size} bytes instead of {want.get('bytes')}")
+        elif _sha256(p) != want.get("sha256"): bad.append(f"{name} does not match its checksum")
+    return bad + [f"{n} is not in the manifest" for n in _files(folder) if n not in files]
+
+def find_resumable(ckpt_dir: Union[str, Path]) -> tuple[Optional[str], dict[str, list[str]]]:
+    "The newest intact checkpoint up to the one `latest` names, and the problems of the damaged ones passed over."
+    ckpt_dir, bad = Path(ckpt_dir), {}
+    try: latest = read_latest(ckpt_dir)
+    except FileNotFoundError as e: latest, bad[LATEST] = None, [str(e)]
+    tags = list_checkpoints(ckpt_dir)
+    if latest is not None: tags = [t for t in tags if int(t[5:]) <= int(latest[5:])]
+    elif not bad: return None, {}                     # no checkpoint was ever published
+    for tag in reversed(tags):
+        problems = verify_checkpoint(ckpt_dir / tag)
+        if not problems: return tag, bad
+        bad[tag] = problems
+    return None, bad
+
+def set_aside(ckpt_dir: Union[str, Path], bad: Sequence[str], good: str):
+    "Rename damaged checkpoints to `<tag>.corrupt` (kept for inspection) and point `latest` at `good`."
+    ckpt_dir = Path(ckpt_dir)
+    for tag in bad:
+        if tag == LATEST or not (ckpt_dir / tag).is_dir(): continue
+        dest, n = ckpt_dir / f"{tag}.corrupt", 1
+        while dest.exists(): dest, n = ckpt_dir / f"{tag}.corrupt{n}", n + 1
+        os.rename(ckpt_dir / tag, dest)
+    write_text_atomic(ckpt_dir / LATEST, good)
 
 # %% ../nbs/11_train.ipynb #1f7caf76
 def _b64(t: torch.Tensor) -> str: return base64.b64encode(t.cpu().numpy().tobytes()).decode()
@@ -423,6 +569,26 @@ def set_rng_state(state: dict):
     torch.set_rng_state(_unb64(state["torch"]))
     if "cuda" in state and torch.cuda.is_available(): torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
 
+# %% ../nbs/11_train.ipynb #0626bfdd
+def checkpoint_globals() -> list:
+    "The non-tensor classes DeepSpeed's checkpoints hold that a weights-only load may build (its ZeRO-1/2/3 optimizer states)."
+    from deepspeed.utils.tensor_fragment import fragment_address
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    return [fragment_address, LossScaler, DynamicLossScaler, ZeroStageEnum, argparse.Namespace]
+
+@contextlib.contextmanager
+def weights_only_loading():
+    "Inside, every `torch.load` (DeepSpeed's included) is weights-only, with `checkpoint_globals` allowed."
+    original = torch.load
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True          # DeepSpeed passes weights_only=False explicitly
+        return original(*args, **kwargs)
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(checkpoint_globals()): yield
+    finally: torch.load = original
+
 # %% ../nbs/11_train.ipynb #da792f1f
 METRICS = "metrics.jsonl"
 
@@ -432,8 +598,19 @@ def read_metrics(run_dir: Union[str, Path],        # run folder (or the metrics.
     "The records of a run's metrics log."
     p = Path(run_dir); p = p / METRICS if p.is_dir() else p
     if not p.is_file(): raise FileNotFoundError(f"no metrics log at {p}")
-    recs = [json.loads(l) for l in p.read_text().splitlines() if l.strip()]
+    recs = [r for _, r in _parse_lines(p)]
     return [r for r in recs if kind is None or r.get("kind") == kind]
+
+def _parse_lines(p: Path) -> list[tuple[str, dict]]:
+    "(line, record) pairs of a JSONL file; an unreadable last line (cut short by a crash) is dropped with a warning."
+    lines = [l for l in p.read_text().splitlines() if l.strip()]
+    out = []
+    for i, l in enumerate(lines):
+        try: out.append((l, json.loads(l)))
+        except json.JSONDecodeError as e:
+            if i < len(lines) - 1: raise ValueError(f"{p}, record {i + 1}: not JSON ({e}); only a cut-short last line is tolerated") from None
+            warnings.warn(f"{p}: dropped an incomplete last line ({len(l)} characters, written when the run was cut short)")
+    return out
 
 class MetricsLog:
     "Append-only JSONL log written by rank 0 (other ranks hold a no-op log)."
@@ -445,7 +622,7 @@ class MetricsLog:
     def truncate(self, step: int):
         "Drop records after `step` (used on resume)."
         if not self.enabled or not self.path.is_file(): return
-        keep = [l for l in self.path.read_text().splitlines() if l.strip() and json.loads(l).get("step", 0) <= step]
+        keep = [l for l, r in _parse_lines(self.path) if r.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(l + "\n" for l in keep))
 
 # %% ../nbs/11_train.ipynb #466830a8
@@ -555,6 +732,25 @@ def enable_checkpointing(model: nn.Module) -> nn.Module:
     raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer with activation checkpointing "
                       f"(set train.gradient_checkpointing=false)")
 
+def _resume_state(ckpt_dir: Path, tag: str, rank: int, world: int, cfg: LLMBindConfig) -> dict:
+    "This rank's trainer state in checkpoint `tag`, after checking that the run it continues is this one."
+    sfile = ckpt_dir / tag / f"trainer_state_rank{rank:03d}.json"
+    if not sfile.is_file():
+        raise FileNotFoundError(f"{sfile} is missing: the checkpoint was written by fewer ranks; resume with the same number of ranks")
+    state = json.loads(sfile.read_text())
+    if state["world_size"] != world:
+        raise ConfigError(f"train.nproc: checkpoint {tag} was written by {state['world_size']} ranks, now {world} run; "
+                          f"resume with --nproc {state['world_size']}")
+    if "config" in state:     # the config the checkpoint was trained with (config.json in the run folder can be edited)
+        changed = config_changes(state["config"], cfg.to_dict())
+        if changed:
+            raise ConfigError(f"cannot resume checkpoint {tag} with a different config: {', '.join(changed)} changed since it was "
+                              f"trained; put them back, or start a new run")
+    if cfg.train.total_steps < state["step"]:
+        raise ConfigError(f"train.total_steps is {cfg.train.total_steps} but checkpoint {tag} is already at step {state['step']}; "
+                          f"resume with --steps {state['step']} or more")
+    return state
+
 def train(cfg: LLMBindConfig,                                  # the full config; cfg.train drives the engine
           model_fn: Union[str, Callable],                      # model_fn(cfg, **model_kwargs) -> nn.Module
           data_fn: Union[str, Callable],                       # data_fn(cfg, rank=, world_size=, seed=, **data_kwargs) -> batch iterator
@@ -573,6 +769,7 @@ def train(cfg: LLMBindConfig,                                  # the full config
                                                                # "both", "none"; "auto": the folder when the module can write one, the
                                                                # full state dict when it cannot or has at most FULL_STATE_MAX_PARAMS
           crash_in_save: Optional[int] = None,                 # testing: hard-exit rank 0 while saving this step's checkpoint
+          hold_in_save: Optional[int] = None,                  # testing: rank 0 sleeps inside this step's checkpoint write
          ) -> dict:
     "Train on the DeepSpeed engine in this rank (started by `launch`, or a plain process as rank 0 of 1); returns a summary."
     t_setup = time.perf_counter()
@@ -590,17 +787,18 @@ def train(cfg: LLMBindConfig,                                  # the full config
         warnings.warn(f"train.nproc is {t.nproc} but {local_world} ranks run on this node; the batch follows the running ranks")
     if not resume and (ckpt_dir / LATEST).exists():
         raise FileExistsError(f"{out_dir} already holds a run; resume it or choose another folder")
-    state = None
-    if resume:  # check the checkpoint before building anything
-        tag = read_latest(ckpt_dir)
-        if tag is None: raise FileNotFoundError(f"no checkpoint to resume from in {ckpt_dir}")
-        sfile = ckpt_dir / tag / f"trainer_state_rank{rank:03d}.json"
-        if not sfile.is_file():
-            raise FileNotFoundError(f"{sfile} is missing: the checkpoint was written by fewer ranks; resume with the same number of ranks")
-        state = json.loads(sfile.read_text())
-        if state["world_size"] != world:
-            raise ConfigError(f"train.nproc: checkpoint {tag} was written by {state['world_size']} ranks, now {world} run; "
-                              f"resume with --nproc {state['world_size']}")
+    state, damaged = None, {}
+    if resume:  # choose and check the checkpoint before building anything
+        tag, damaged = _gather(find_resumable(ckpt_dir) if rank == 0 else None)[0]   # rank 0 verifies; all take its choice
+        if tag is None:
+            why = "; ".join(f"{k}: {', '.join(v[:3])}" for k, v in damaged.items())
+            raise FileNotFoundError(f"no intact checkpoint to resume from in {ckpt_dir}" + (f" ({why})" if why else ""))
+        if rank == 0 and damaged:
+            for b, problems in damaged.items():
+                warnings.warn(f"checkpoint {b} is damaged ({'; '.join(problems[:3])}); moved aside as {b}.corrupt, "
+                              f"resuming from {tag}", RuntimeWarning)
+            set_aside(ckpt_dir, list(damaged), tag)
+        state = _resume_state(ckpt_dir, tag, rank, world, cfg)
     if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
     dist.barrier()
 
@@ -619,13 +817,20 @@ def train(cfg: LLMBindConfig,                                  # the full config
 
     step = 0
     if resume:
-        path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        try:
+            with weights_only_loading():      # DeepSpeed's pickles: tensors and its own few classes, never code
+                path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+        except pickle.UnpicklingError as e:
+            raise RuntimeError(f"checkpoint {ckpt_dir / tag} holds an object a weights-only load refuses ({e}); "
+                               f"llmbind does not run code from checkpoints") from None
         if path is None: raise FileNotFoundError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
         data.load_state_dict(state["data"]); set_rng_state(state["rng"])
         step = int(state["step"])
         if engine.global_steps != step:
             raise RuntimeError(f"checkpoint {tag}: DeepSpeed is at step {engine.global_steps}, the trainer state at {step}")
         log.truncate(step)
+        for b, problems in damaged.items():
+            log.append({"kind": "event", "event": "damaged_checkpoint", "step": step, "tag": b, "problems": problems})
         log.append({"kind": "event", "event": "resume", "step": step, "tag": tag, "world_size": world})
     if rank == 0: cfg.save(out_dir / "config.json")
 
@@ -633,8 +838,9 @@ def train(cfg: LLMBindConfig,                                  # the full config
         def write(folder: Path):
             engine.save_checkpoint(str(ckpt_dir), tag=folder.name, save_latest=False)
             if crash_in_save == s and rank == 0: os._exit(17)     # simulated crash: files half published
-            st = {"step": s, "world_size": world, "data": data.state_dict(), "rng": rng_state()}
+            st = {"step": s, "world_size": world, "data": data.state_dict(), "rng": rng_state(), "config": cfg.to_dict()}
             write_text_atomic(folder / f"trainer_state_rank{rank:03d}.json", json.dumps(st))
+            if hold_in_save == s and rank == 0: time.sleep(3600)  # simulated hang: the test kills the launcher here
         atomic_checkpoint(ckpt_dir, checkpoint_tag(s), write, rank=rank, barrier=dist.barrier, keep=keep_checkpoints)
 
     engine.train()
@@ -673,7 +879,11 @@ def train(cfg: LLMBindConfig,                                  # the full config
             if batch_ids is not None: ids.extend(batch_ids)
         step += 1
         if stats_f is not None: stats.append({k: _to_float(v) for k, v in stats_f(engine.module).items()})
-        gn = engine.get_global_grad_norm()
+        gn = engine.get_global_grad_norm()          # the same on every rank (all-reduced)
+        if gn is not None and not math.isfinite(float(gn)):
+            raise FloatingPointError(f"step {step}: the gradient norm is {float(gn)} although the loss was finite; DeepSpeed skipped "
+                                     f"the update and the run stops before saving (newest checkpoint: {read_latest(ckpt_dir)}). "
+                                     f"Broken weights or optimizer state, or a far too high train.lr")
         dt = time.perf_counter() - t0; times.append(dt)
         mine = {"loss": float(np.mean(losses)), "terms": _mean_dicts(terms), "stats": _mean_dicts(stats), "tokens": tokens, "ids": ids}
         every = _gather(mine) if step % t.log_every == 0 or step == end else None
@@ -708,23 +918,48 @@ def train(cfg: LLMBindConfig,                                  # the full config
 # %% ../nbs/11_train.ipynb #f55da105
 _USER_ERRORS = {"ConfigError": ConfigError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
 
+RUN_ENTRIES = {"launch.json", "config.json", "metrics.jsonl", "checkpoints", "summary.json", "error.json", "launch.log",
+               "model", "model.safetensors", LOCK}      # what `llmbind train` writes into a run folder
+
+def check_overwritable(out_dir: Union[str, Path]) -> None:
+    "Raise FileExistsError unless `--overwrite` may delete `out_dir`: an llmbind run folder holding nothing but a run's files."
+    out = Path(out_dir); r = out.resolve(); cwd = Path.cwd().resolve()
+    special = ("the root folder" if r == Path(r.anchor) else "your home folder" if r == Path.home().resolve()
+               else "the current folder" if r == cwd else "a parent of the current folder" if r in cwd.parents else None)
+    if special: raise FileExistsError(f"--overwrite refuses to delete {out}: it is {special}; choose a run folder with --out")
+    if not out.is_dir(): raise FileExistsError(f"--overwrite refuses to delete {out}: it is a file, not a run folder; "
+                                               f"remove it yourself or choose another --out")
+    names = {p.name for p in out.iterdir()}
+    is_run = "launch.json" in names or ("config.json" in names and bool(names & {"checkpoints", "metrics.jsonl"}))
+    other = sorted(n for n in names if n not in RUN_ENTRIES and not (n.startswith(".") and n.endswith(".tmp")))
+    if not is_run or other:
+        why = f"it holds {', '.join(other[:5])}{' ...' if len(other) > 5 else ''}, which" if other else "it"
+        raise FileExistsError(f"--overwrite refuses to delete {out}: {why} is not an llmbind run (a run has launch.json, or "
+                              f"config.json with checkpoints/ or metrics.jsonl, and only the files training writes); "
+                              f"remove it yourself or choose another --out")
+
 def prepare_run_dir(out_dir: Union[str, Path],   # run folder
                     resume: bool = False,         # continue the run in it
-                    overwrite: bool = False,      # delete whatever is there first
+                    overwrite: bool = False,      # delete the run that is there first (only an llmbind run)
                    ) -> Path:
     "Check (or clear) the run folder for a new run or a resume; raises FileExistsError/FileNotFoundError with advice."
     out = Path(out_dir)
     if resume and overwrite: raise ValueError("resume and overwrite exclude each other")
     if resume:
-        if read_latest(out / "checkpoints") is None:
+        try: found = read_latest(out / "checkpoints")
+        except FileNotFoundError: found = list_checkpoints(out / "checkpoints")   # `latest` damaged: the ranks pick an intact one
+        if not found:
             raise FileNotFoundError(f"cannot resume: no checkpoint in {out / 'checkpoints'} (start a new run without --resume)")
         return out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if out.exists() and (not out.is_dir() or any(p.name != LOCK for p in out.iterdir())):
         if not overwrite:
             raise FileExistsError(f"run folder {out} already exists; pass --resume to continue it, --overwrite to replace it, "
                                   f"or --out to choose another folder")
-        if out.is_dir(): shutil.rmtree(out)
-        else: out.unlink()
+        check_overwritable(out)
+        for p in out.iterdir():               # the lock stays: its holder keeps the folder
+            if p.name == LOCK: continue
+            if p.is_dir() and not p.is_symlink(): shutil.rmtree(p)
+            else: p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -761,8 +996,17 @@ def launch(nproc: int,                                        # ranks on this no
            **train_kwargs,                                    # more `train` arguments (stop_after, ds_overrides, model_kwargs, ...)
           ) -> dict:
     "Run `train` in `nproc` fresh processes on this node (torchrun unless one process on one node) and return its summary."
+    fns = dict(model_fn=model_fn, data_fn=data_fn, eval_fn=eval_fn, stats_fn=stats_fn)
     tr = torchrun_command(nproc, nnodes, node_rank, master_addr, master_port)   # checks the arguments first
-    out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite) if node_rank == 0 else Path(out_dir)
+    if node_rank != 0: return _launch(tr, nproc, cfg, Path(out_dir), resume, quiet, timeout, nnodes, node_rank, fns, train_kwargs)
+    if overwrite and Path(out_dir).exists(): check_overwritable(out_dir)       # before the lock file is created in it
+    with run_lock(out_dir):                  # node 0 holds the run folder for the whole run
+        out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
+        return _launch(tr, nproc, cfg, out, resume, quiet, timeout, nnodes, node_rank, fns, train_kwargs)
+
+def _launch(tr: list, nproc: int, cfg: LLMBindConfig, out: Path, resume: bool, quiet: bool, timeout: Optional[float],
+            nnodes: int, node_rank: int, fns: dict, train_kwargs: dict) -> dict:
+    model_fn, data_fn, eval_fn, stats_fn = (fns[k] for k in ("model_fn", "data_fn", "eval_fn", "stats_fn"))
     spec = {"config": cfg.to_dict(), "out_dir": str(out.resolve()), "model_fn": _fn_name(model_fn), "data_fn": _fn_name(data_fn),
             "eval_fn": _fn_name(eval_fn), "stats_fn": _fn_name(stats_fn), "resume": resume, **train_kwargs}
     err_path = out / "error.json"
@@ -781,19 +1025,37 @@ def launch(nproc: int,                                        # ranks on this no
         cmd = tr + ["-m", "llmbind.train", "--spec", str(spec_path)]
     log_path = out / "launch.log" if node_rank == 0 else spec_path.with_suffix(".log")
     logf = open(log_path, "a") if quiet else None
-    try: r = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT if quiet else None, timeout=timeout)
+    try: rc = run_owned(cmd, env=env, stdout=logf, timeout=timeout)     # the ranks stop when this process stops
     finally:
         if logf: logf.close()
         if node_rank != 0: spec_path.unlink(missing_ok=True)
-    if r.returncode == 0 and node_rank != 0: log_path.unlink(missing_ok=True)
-    if r.returncode != 0 and err_path.is_file():   # a mistake the user can fix: one clear line
-        err = json.loads(err_path.read_text())
-        raise _USER_ERRORS.get(err["type"], RuntimeError)(err["message"])
-    if r.returncode != 0:
+    if rc == 0 and node_rank != 0: log_path.unlink(missing_ok=True)
+    if rc != 0 and err_path.is_file(): _raise_rank_error(err_path, rc, out, log_path if quiet else None)
+    if rc != 0:
         tail = "\n".join(log_path.read_text().splitlines()[-25:]) if quiet else ""
-        raise RuntimeError(f"training failed (exit status {r.returncode}); the run folder is {out}"
+        raise RuntimeError(f"training failed (exit status {rc}); the run folder is {out}"
                            + (f", this node's log {log_path}\n{tail}" if tail else ""))
     return json.loads((out / "summary.json").read_text())
+
+def _raise_rank_error(err_path: Path, rc: int, out: Path, log_path: Optional[Path]):
+    "Raise the first failing rank's exception as the user's error: the same type for mistakes they can fix, else RuntimeError."
+    try: err = json.loads(err_path.read_text())
+    except (OSError, ValueError): return
+    if err.get("type") in _USER_ERRORS: raise _USER_ERRORS[err["type"]](err["message"])   # a mistake the user can fix: one line
+    where = f"; traceback in {log_path}" if log_path else ""
+    raise RuntimeError(f"training failed on rank {err.get('rank', '?')}: {err['type']}: {err['message']} "
+                       f"(exit status {rc}; run folder {out}{where})")
+
+def _report_error(out_dir: Path, e: BaseException):
+    "Write this rank's exception to RUN/error.json unless an earlier rank's is there (first one wins: the cause, not the echoes)."
+    rec = {"type": type(e).__name__, "message": str(e), "rank": int(os.environ.get("RANK", 0)),
+           "traceback": "".join(traceback.format_exception(e))[-4000:]}
+    tmp = out_dir / f".error.{os.getpid()}.tmp"
+    try:
+        tmp.write_text(json.dumps(rec))
+        with contextlib.suppress(FileExistsError): os.link(tmp, out_dir / "error.json")   # atomic, and never replaces
+    except OSError: pass
+    finally: tmp.unlink(missing_ok=True)
 
 def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     "Entry point of one rank: `python -m llmbind.train --spec RUN/launch.json`."
@@ -801,11 +1063,12 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--spec", required=True, help="launch.json written by launch()")
     p.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)   # DeepSpeed's launcher adds it; LOCAL_RANK says the same
     a = p.parse_args(argv)
+    set_parent_death_signal(signal.SIGKILL)     # our parent (torchrun, the launcher) gone: so are we
     spec = json.loads(Path(a.spec).read_text())
     cfg = LLMBindConfig.from_dict(spec.pop("config"))
     try: train(cfg, **spec)
-    except tuple(_USER_ERRORS.values()) as e:    # reported to `launch` through error.json
-        write_text_atomic(Path(spec["out_dir"]) / "error.json", json.dumps({"type": type(e).__name__, "message": str(e)}))
+    except Exception as e:                       # reported to `launch` through error.json
+        _report_error(Path(spec["out_dir"]), e)
         raise
     finally:
         import torch.distributed as dist
@@ -859,7 +1122,7 @@ def _without_pipeline(cfg: LLMBindConfig) -> dict[str, Optional[str]]:
     return {"model_fn": "llmbind.demo:model_fn", "data_fn": "llmbind.demo:data_fn",
             "eval_fn": "llmbind.demo:eval_fn", "stats_fn": "llmbind.demo:stats_fn"}
 
-_RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every"}
+_RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every", "train.output_dir"}
 
 def _is_path_key(k: str) -> bool:
     "Checkpoint and data folders may move between a run and its resumption (the same files elsewhere)."
@@ -872,9 +1135,17 @@ def _flat(d: dict, prefix: str = "") -> dict:
         else: out[f"{prefix}{k}"] = v
     return out
 
+def config_changes(old: dict,       # a config as saved (`to_dict()`)
+                   new: dict,       # the config now
+                  ) -> list[str]:
+    "The dotted keys that differ between two configs, leaving out what a resumed run may change (steps, intervals, folders)."
+    old, new = _flat(old), _flat(new)
+    return sorted(k for k in set(old) | set(new)
+                  if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE and not _is_path_key(k))
+
 def resolve_folders(cfg: LLMBindConfig, say: bool = True) -> LLMBindConfig:
     "`cfg` with the sizes its checkpoint folders dictate (LLM and CLIP widths, projector kind, ...); each change said on stderr."
-    from .model import resolve_checkpoint_config
+    from llmbind.model import resolve_checkpoint_config     # absolute: this cell also runs inside the notebook
     out, notes = resolve_checkpoint_config(cfg)
     if say:
         for n in notes: print(f"llmbind train: from the checkpoints: {n}", file=sys.stderr)
@@ -901,8 +1172,7 @@ def resolve_config(preset: Optional[str] = None,          # "tiny" or "paper_7b"
     if saved is not None:
         try: now = resolve_folders(cfg, say=False)      # the saved config holds the sizes read from the folders
         except (OSError, ValueError): now = cfg          # folders gone or moved: compare as given (check_paths says more)
-        old, new = _flat(LLMBindConfig.from_file(saved).to_dict()), _flat(now.to_dict())
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE and not _is_path_key(k))
+        diff = config_changes(LLMBindConfig.from_file(saved).to_dict(), now.to_dict())
         if diff: raise ConfigError(f"cannot resume with a different config ({', '.join(diff)} changed); "
                                    f"drop --preset/--config to use the run's saved config.json")
     return cfg
@@ -951,11 +1221,19 @@ def train_command(argv: Sequence[str]) -> int:
     if a.deepspeed:
         f = Path(a.deepspeed)
         if not f.is_file(): raise FileNotFoundError(f"--deepspeed: {f} does not exist")
-        try: overrides = json.loads(f.read_text())
-        except json.JSONDecodeError as e: raise ConfigError(f"--deepspeed: {f} is not valid JSON ({e})") from None
+        try: overrides = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e: raise ConfigError(f"--deepspeed: {f} is not valid JSON ({e})") from None
+        if not isinstance(overrides, dict):
+            raise ConfigError(f"--deepspeed: {f} must hold one JSON object of DeepSpeed keys, e.g. {{\"zero_optimization\": {{\"stage\": 3}}}}; "
+                              f"it holds a {type(overrides).__name__}")
     check_paths(cfg)
     cfg = resolve_folders(cfg)
     fns = pipeline_for(cfg)
+    if a.overwrite and a.node_rank == 0 and out.exists(): check_overwritable(out)   # before the lock file is created in it
+    with run_lock(out) if a.node_rank == 0 else contextlib.nullcontext():   # node 0 holds the run folder until the end
+        return _train_locked(a, cfg, out, overrides, fns)
+
+def _train_locked(a: argparse.Namespace, cfg: LLMBindConfig, out: Path, overrides: Optional[dict], fns: dict) -> int:
     if a.node_rank == 0: prepare_run_dir(out, resume=a.resume, overwrite=a.overwrite)
     if a.prepare_only: return _print_launchers(cfg, out, a.resume, overrides, fns)
     print(f"llmbind train: preset {cfg.preset}, {cfg.train.nproc} rank(s) x {a.nnodes} node(s), {cfg.train.total_steps} steps -> {out}",

@@ -147,3 +147,14 @@ def test_user_error_is_one_class():
     import llmbind.cli, llmbind.agent, llmbind.evaluate
     assert llmbind.cli.UserError is UserError
     assert "UserError" in llmbind.cli.__all__
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"\xff\xfe not utf-8", b"{\"a\": " * 5000])
+def test_deepspeed_file_must_be_one_object(tmp_path, content, capsys):
+    "`llmbind train --deepspeed FILE`: a list, a non-UTF-8 or a too-deep file is one line, and no run folder is made."
+    from llmbind.cli import main
+    f = tmp_path / "ds.json"; f.write_bytes(content)
+    assert main(["train", "--preset", "tiny", "--steps", "2", "--out", str(tmp_path / "run"), "--deepspeed", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert "--deepspeed" in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
