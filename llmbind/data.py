@@ -531,6 +531,7 @@ def _load_json(path, encodings: Sequence[str] = ("utf-8",)) -> Any:
     if text is None: raise DataFormatError(f"{path}: not {' or '.join(e.upper() for e in encodings)} text ({err})")
     try: return json.loads(text)
     except json.JSONDecodeError as e: raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError: raise DataFormatError(f"{path}: JSON nested too deeply to be a dataset file") from None
 
 def _need(rec, key, typ, where):
     if not isinstance(rec, Mapping): raise _err(where, f"a record must be a JSON object, got {type(rec).__name__}")

@@ -238,3 +238,11 @@ def test_cocostuff_goes_by_the_label_maps(root, tmp_path):
     Image.new("RGB", (20, 10)).save(tmp_path / "coco/train2017/000000999999.jpg")
     assert len(read_dataset(spec("cocostuff"), tmp_path)) == N
     with pytest.raises(DatasetNotFound, match=r"cocostuff/val2017"): read_dataset(spec("cocostuff"), tmp_path, split="val")
+
+
+def test_deeply_nested_json_is_a_format_error(tmp_path):
+    "A dataset JSON nested 100k deep is one DataFormatError, not a RecursionError."
+    from llmbind.data import DataFormatError, read_conversations
+    f = tmp_path / "deep.json"; f.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataFormatError, match="nested too deeply"):
+        read_conversations(f, image_dir=tmp_path)
