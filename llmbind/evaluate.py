@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_evaluate.ipynb #3f6ebb7f
 from __future__ import annotations
-import argparse, functools, json, math, sys, tempfile, time
+import argparse, functools, json, math, sys, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -925,11 +925,7 @@ def load_eval_model(model_dir,                     # a folder written by save_pr
     d = Path(model_dir)
     src = LLMBindConfig.from_file(config) if isinstance(config, (str, Path)) else config
     cfg = relocate_checkpoints(LLMBindConfig.from_file(d / "config.json"), checkpoints_dir, src)
-    with tempfile.TemporaryDirectory() as tmp:               # the saved folder with a rewritten config.json
-        for n in ("model.safetensors", "base.safetensors", "tokenizer"):
-            if (d / n).exists(): (Path(tmp) / n).symlink_to((d / n).resolve())
-        cfg.save(Path(tmp) / "config.json")
-        return LLMBindForCausalLM.from_pretrained(tmp, device=device)
+    return LLMBindForCausalLM.from_pretrained(d, device=device, cfg=cfg)
 
 # %% ../nbs/14_evaluate.ipynb #6bd6ba11
 def is_checkpoint_dir(path) -> bool:

@@ -25,8 +25,8 @@ _log = logging.getLogger("llmbind")
 
 # %% auto #0
 __all__ = ['GROUP_ORDER', 'ModelInputError', 'LLMBindOutput', 'RandomProjectorWarning', 'checkpoint_kind', 'llama_config',
-           'resolve_checkpoint_config', 'resolve_device', 'resolve_dtype', 'build_tokenizer', 'read_llm_folder',
-           'build_llm', 'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
+           'resolve_checkpoint_config', 'resolve_device', 'resolve_dtype', 'enable_checkpointing', 'build_tokenizer',
+           'read_llm_folder', 'build_llm', 'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
 
 # %% ../nbs/06_model.ipynb #7a337a37
 class ModelInputError(ValueError):
@@ -158,6 +158,16 @@ def _on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+def enable_checkpointing(model: nn.Module) -> nn.Module:
+    "Turn on activation (gradient) checkpointing in the transformer inside `model` (itself or a direct child)."
+    for m in [model, *model.children()]:
+        if callable(getattr(m, "activation_checkpointing_enable", None)):      # transformers 5's name
+            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}); return model
+        if callable(getattr(m, "gradient_checkpointing_enable", None)):        # older transformers
+            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}); return model
+    raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer with activation checkpointing "
+                      f"(set train.gradient_checkpointing=false)")
 
 def build_tokenizer(cfg: LLMBindConfig):
     "The base tokenizer (no task tokens): `llm.tokenizer_path`, else the LLM folder's own, else the offline tiny one."
@@ -322,10 +332,7 @@ class LLMBindForCausalLM(nn.Module):
             if rows0 > base_len and n_new:          # a stand-in tokenizer smaller than the LLM vocabulary
                 llm.resize_token_embeddings(rows0 + n_new, mean_resizing=False)
             if cfg.moe.enabled: inject_lora_moe(llm, cfg.moe)
-            if cfg.train.gradient_checkpointing:    # recompute each decoder layer in the backward pass
-                kw = {"use_reentrant": False}
-                if hasattr(llm, "activation_checkpointing_enable"): llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
-                else: llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)     # transformers before 5.2x
+            if cfg.train.gradient_checkpointing: enable_checkpointing(llm)   # recompute each decoder layer in the backward pass
             hidden = llm.config.hidden_size
             vt = build_vision_tower(cfg.vision, frozen=True, seed=seed, strict=cfg.strict_load) \
                 if not (meta and cfg.vision.pretrained_path) else _meta_clip(cfg)
@@ -795,6 +802,7 @@ def _load_into(self, tensors: dict,                 # name -> tensor from a file
 @classmethod
 def _from_pretrained(cls, save_directory,            # a folder written by save_pretrained
                      device=None,                    # None: the saved config's device
+                     cfg: Optional[LLMBindConfig] = None,  # use this config instead of the saved one (e.g. frozen checkpoints moved)
                     ) -> "LLMBindForCausalLM":
     "Rebuild the model from its config and local base checkpoints, then load base.safetensors and model.safetensors."
     from safetensors.torch import load_file
@@ -802,7 +810,7 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
     d = Path(save_directory)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d} is not an llmbind checkpoint (it needs config.json and model.safetensors from save_pretrained)")
-    cfg = LLMBindConfig.from_file(d / "config.json")
+    cfg = cfg if cfg is not None else LLMBindConfig.from_file(d / "config.json")
     td = d / "tokenizer"                            # never a hub id: a missing folder is an incomplete checkpoint, said as such
     if not td.is_dir() or not any((td / f).is_file() for f in _TOKENIZER_FILES):
         raise FileNotFoundError(f"{d} has no tokenizer ({td} with tokenizer.json or tokenizer.model); the checkpoint folder is "

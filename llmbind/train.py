@@ -26,9 +26,9 @@ __all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATH
            'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock', 'checkpoint_tag', 'write_text_atomic',
            'read_latest', 'list_checkpoints', 'atomic_checkpoint', 'write_manifest', 'verify_checkpoint',
            'find_resumable', 'set_aside', 'rng_state', 'set_rng_state', 'checkpoint_globals', 'weights_only_loading',
-           'read_metrics', 'MetricsLog', 'enable_checkpointing', 'train', 'check_overwritable', 'prepare_run_dir',
-           'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for', 'config_changes',
-           'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
+           'read_metrics', 'MetricsLog', 'train', 'check_overwritable', 'prepare_run_dir', 'torchrun_command', 'launch',
+           'worker_main', 'check_paths', 'pipeline_for', 'config_changes', 'resolve_folders', 'resolve_config',
+           'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #3f46c361
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -722,15 +722,6 @@ def _save_final_weights(engine, out_dir: Path, rank: int, zero_stage: int, mode:
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final); _fsync_dir(out_dir)
 
-def enable_checkpointing(model: nn.Module) -> nn.Module:
-    "Turn on activation (gradient) checkpointing in the transformer inside `model` (itself or a direct child)."
-    for m in [model, *model.children()]:
-        if callable(getattr(m, "activation_checkpointing_enable", None)):      # transformers 5's name
-            m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False}); return model
-        if callable(getattr(m, "gradient_checkpointing_enable", None)):        # older transformers
-            m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}); return model
-    raise ConfigError(f"train.gradient_checkpointing: {type(model).__name__} has no transformer with activation checkpointing "
-                      f"(set train.gradient_checkpointing=false)")
 
 def _resume_state(ckpt_dir: Path, tag: str, rank: int, world: int, cfg: LLMBindConfig) -> dict:
     "This rank's trainer state in checkpoint `tag`, after checking that the run it continues is this one."
@@ -775,7 +766,7 @@ def train(cfg: LLMBindConfig,                                  # the full config
     t_setup = time.perf_counter()
     import deepspeed
     from tqdm.auto import tqdm
-    from .model import resolve_checkpoint_config
+    from .model import resolve_checkpoint_config, enable_checkpointing
     cfg, _ = resolve_checkpoint_config(cfg)    # sizes dictated by the checkpoint folders: what the model, the data and config.json use
     t = cfg.train
     out_dir = Path(out_dir); ckpt_dir = out_dir / "checkpoints"
@@ -805,7 +796,7 @@ def train(cfg: LLMBindConfig,                                  # the full config
     # the model: same initial weights on every rank; then one random stream per rank
     random.seed(t.seed); np.random.seed(t.seed); torch.manual_seed(t.seed)
     model = _resolve_fn(model_fn)(cfg, **(model_kwargs or {}))
-    if t.gradient_checkpointing: enable_checkpointing(model)
+    if t.gradient_checkpointing: enable_checkpointing(model)          # LLMBind's from_config did it already; others need it
     random.seed(t.seed + rank); np.random.seed(t.seed + rank); torch.manual_seed(t.seed + rank)
     ds_cfg = deepspeed_config(t, world, device_type, overrides=ds_overrides)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_for(model, t, device_type), config=ds_cfg)
