@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from .config import LLMBindConfig, ConfigError, UserError, apply_paths
-from .tokens import TASK_TOKENS, TASKS, IMAGE_TOKEN, TaskCall, ParseProblem, format_vicuna
+from .tokens import TASK_TOKENS, TASKS, IMAGE_TOKEN, TaskCall, ParseProblem, render_chat
 from .model import LLMBindForCausalLM, ModelInputError
 from .generators import (Artifact, GeneratorRegistry, GeneratorNotConfigured, MissingImageError,
                                 to_pil_image, pipeline_kind)
@@ -251,7 +251,7 @@ def _conversation(self, text: str, # the new user message
     img = self.model.cfg.vision.num_patches if self.current_image is not None else 0
     while len(msgs) > 1:
         shown = [dict(msgs[0], content=f"{IMAGE_TOKEN}\n" + msgs[0]["content"])] + msgs[1:] if img else msgs   # as the model will see it
-        n = len(tok(format_vicuna(shown, eos=tok.eos_token, add_generation_prompt=True), verbose=False)["input_ids"])
+        n = len(tok(render_chat(shown, self.model.cfg.chat, eos=tok.eos_token, add_generation_prompt=True), verbose=False)["input_ids"])
         if n + reserve <= text_limit and n + img + reserve <= limit: break
         msgs = msgs[2:]                       # drop the oldest exchange
     return msgs
@@ -525,13 +525,14 @@ def _load_image(path: str):
     try: return to_pil_image(p)
     except Exception as e: raise UserError(f"cannot read {p} as an image ({type(e).__name__}: {e})") from None
 
-def _repl(agent: LLMBindAgent, image=None, stdin=None, stdout=None) -> int:
+def _repl(agent: LLMBindAgent, image=None, stdin=None, stdout=None,
+          untrained: bool = False) -> int:          # the model's LLMBind parts were never trained: say its answers are noise
     "The interactive loop: one line per turn; /image PATH, /reset, /quit."
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     tty = hasattr(stdin, "isatty") and stdin.isatty()
     print("llmbind chat: type a message; /image PATH attaches an image, /reset starts over, /quit stops.", file=stdout)
-    if agent.model is not None and agent.model.cfg.preset == "tiny":
-        print("(tiny preset: the model is untrained and its answers are noise; /response TEXT carries out a given answer)", file=stdout)
+    if untrained and agent.model is not None:
+        print("(the model's LLMBind parts are untrained, so its answers are noise; /response TEXT carries out a given answer)", file=stdout)
     while True:
         if tty: print("you> ", end="", file=stdout, flush=True)
         line = stdin.readline()
@@ -568,16 +569,13 @@ def chat_command(argv: Sequence[str]) -> int:
     except ValueError as e:                 # a damaged checkpoint folder (tokenizer, weights): the user's input, one line
         if isinstance(e, ConfigError): raise
         raise UserError(str(e)) from None
-    if a.text is None and a.response is None: return _repl(agent, image)
-    if a.response is None and agent.model is not None and agent.model.cfg.preset == "tiny":
-        print("(tiny preset: the model is untrained, so its answer is noise; --response TEXT carries out a given answer)", file=sys.stderr)
+    untrained = not a.checkpoint                # --preset / --config: built from a config, nothing trained loaded
+    if a.text is None and a.response is None: return _repl(agent, image, untrained=untrained)
+    if a.response is None and untrained and agent.model is not None:
+        print("(the model's LLMBind parts are untrained, so its answer is noise; --response TEXT carries out a given answer; "
+              "--checkpoint RUN chats with a trained run)", file=sys.stderr)
     if a.text is not None: print(f"USER: {a.text}" + (f"  [+{a.image}]" if a.image else ""))
     turn = agent.execute(a.response, image=image, user=a.text) if a.response is not None else agent.chat(a.text, image=image)
     _print_turn(turn)
     print(f"saved {agent.out_dir / 'conversation.json'}")
     return 0
-
-# %% ../nbs/13_agent.ipynb #cf78f92d
-if __name__ == "__main__" and "__file__" in globals():
-    from llmbind.cli import main
-    sys.exit(main(["chat", *sys.argv[1:]]))

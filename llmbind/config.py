@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 # %% auto #0
-__all__ = ['ConfigError', 'UserError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig', 'SegmentConfig', 'LossConfig',
-           'paper_datasets', 'paper_mixture', 'mixture_leaf_probs', 'DataConfig', 'TrainConfig', 'GeneratorsConfig',
-           'LLMBindConfig', 'apply_paths']
+__all__ = ['VICUNA_SYSTEM', 'TINY_SYSTEM', 'ConfigError', 'UserError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig',
+           'SegmentConfig', 'LossConfig', 'paper_datasets', 'paper_mixture', 'mixture_leaf_probs', 'DataConfig',
+           'TrainConfig', 'GeneratorsConfig', 'ChatConfig', 'LLMBindConfig', 'apply_paths']
 
 # %% ../nbs/00_config.ipynb #200bdec0
 class ConfigError(ValueError):
@@ -417,6 +417,30 @@ class GeneratorsConfig(ConfigBase):
         _need(self.guidance_scale >= 0, f"{path}.guidance_scale", "cannot be negative (1 or less turns classifier-free guidance off)")
         return self
 
+# %% ../nbs/00_config.ipynb #e2bac66e
+VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
+                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+TINY_SYSTEM = "A chat."
+
+@dataclass
+class ChatConfig(ConfigBase):
+    "How conversations are written for the LLM (Vicuna v1 layout); saved with every model."
+    system: str = VICUNA_SYSTEM            # the system message before the first turn
+    user: str = "USER"                     # role name of the user's turns
+    assistant: str = "ASSISTANT"           # role name of the model's turns
+    image: str = "<image>"                 # placeholder for the image in a user turn (the only one llmbind's tokenizer knows)
+
+    def validate(self, path=""):
+        super().validate(path)
+        path = path or "chat"
+        for k in ("user", "assistant"):
+            v = getattr(self, k)
+            _need(bool(v.strip()) and v == v.strip() and ":" not in v and "\n" not in v, f"{path}.{k}",
+                  f"{v!r} must be a non-empty name without spaces around it, ':' or line breaks")
+        _need(self.user != self.assistant, f"{path}.assistant", "must differ from the user's role name")
+        _need(self.image == "<image>", f"{path}.image", f"{self.image!r}: the tokenizer's image placeholder is '<image>'")
+        return self
+
 # %% ../nbs/00_config.ipynb #817eeba2
 @dataclass
 class LLMBindConfig(ConfigBase):
@@ -430,6 +454,7 @@ class LLMBindConfig(ConfigBase):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     generators: GeneratorsConfig = field(default_factory=GeneratorsConfig)
+    chat: ChatConfig = field(default_factory=ChatConfig)   # the chat format (saved with the model)
     device: str = "auto"                   # "auto" (cuda if available), "cpu", "cuda", "cuda:1", ...
     dtype: str = "auto"                    # model dtype: "auto" (bf16 on GPU, fp32 on CPU), "float32", "bfloat16", "float16"
     strict_load: bool = True               # a missing or unexpected weight in a loaded checkpoint is an error (False: a warning)
@@ -472,6 +497,7 @@ class LLMBindConfig(ConfigBase):
             train=TrainConfig(lr=3e-3, warmup_steps=20, total_steps=300, micro_batch_size=8, grad_accum=1,
                               eval_every=100, save_every=100, nproc=2, precision="fp32", output_dir="runs/tiny"),
             generators=GeneratorsConfig(tiny=True, num_inference_steps=2, image_size=32, num_frames=4, audio_seconds=0.5),
+            chat=ChatConfig(system=TINY_SYSTEM),
             device="cpu", dtype="float32").validate()
 
     @classmethod

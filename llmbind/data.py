@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from .config import ConfigError
-from .tokens import TASKS, IMAGE_TOKEN, ROLES, format_vicuna, format_call, parse_response, task_token_strings
+from .config import ConfigError, ChatConfig
+from .tokens import TASKS, IMAGE_TOKEN, render_chat, format_call, parse_response, task_token_strings
 
 # %% auto #0
 __all__ = ['SAMPLE_TASKS', 'EMBED_TASKS', 'CLIP_MEAN', 'CLIP_STD', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SHORT_QUESTIONS',
@@ -136,6 +136,7 @@ def tokenize_conversation(messages: Sequence[dict],   # user/assistant turns (an
                           max_length: Optional[int] = None,  # positions available, None = no limit
                           image_length: int = 1,       # positions one <image> takes after splicing (number of patches)
                           truncation: str = "rounds",  # "rounds": drop whole rounds from the end; "error": raise
+                          chat: Optional[ChatConfig] = None,  # the chat format (default: LLaVA's Vicuna v1); a leading system turn wins
                          ) -> dict:
     "Vicuna v1 prompt -> `input_ids` and `labels` (-100 except the assistant answers and their `</s>`)."
     if truncation not in ("rounds", "error"): raise ValueError(f"truncation must be 'rounds' or 'error', got {truncation!r}")
@@ -143,18 +144,19 @@ def tokenize_conversation(messages: Sequence[dict],   # user/assistant turns (an
     system = [msgs.pop(0)] if msgs and msgs[0].get("role") == "system" else []
     eos = tokenizer.eos_token
     if eos is None: raise ValueError("the tokenizer has no eos_token; the Vicuna template ends every answer with it")
-    text = format_vicuna(system + msgs, eos=eos)
+    chat = chat or ChatConfig()
+    text = render_chat(system + msgs, chat, eos=eos)
     if not msgs or msgs[-1]["role"] != "assistant":
         raise ValueError("the conversation must end with an assistant turn (there is nothing to supervise otherwise)")
     for i, m in enumerate(msgs):
         if m["role"] == "user" and any(t in m["content"] for t in task_token_strings() if t != IMAGE_TOKEN):
             raise ValueError(f"turn {i}: a task tag in a user turn; only {IMAGE_TOKEN} may appear there")
-    tag = ROLES["assistant"] + ":"
+    tag = chat.assistant + ":"
     spans = []                                                 # character span of each answer (+ its eos)
     for i, m in enumerate(msgs):
         if m["role"] != "assistant": continue
-        a = len(format_vicuna(system + msgs[:i], eos=eos)) + len(tag)
-        b = len(format_vicuna(system + msgs[:i + 1], eos=eos))
+        a = len(render_chat(system + msgs[:i], chat, eos=eos)) + len(tag)
+        b = len(render_chat(system + msgs[:i + 1], chat, eos=eos))
         assert text[a - len(tag):a] == tag and text[a:b] == " " + m["content"] + eos
         spans.append((a, b))
     try: enc = tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
@@ -254,6 +256,7 @@ class LLMBindCollator:
                  image_length: int = 1,                 # positions one <image> takes after splicing
                  image_size: int = 224,                 # side of the default CLIP transform
                  on_too_long: str = "raise",            # "raise" or "drop" (counted) when not even one round fits
+                 chat: Optional[ChatConfig] = None,     # the model's chat format (cfg.chat; default: LLaVA's Vicuna v1)
                 ):
         if on_too_long not in ("raise", "drop"): raise ValueError(f"on_too_long must be 'raise' or 'drop', got {on_too_long!r}")
         if tokenizer.pad_token_id is None:
@@ -261,12 +264,13 @@ class LLMBindCollator:
         self.tokenizer, self.sam_image_size, self.max_length = tokenizer, sam_image_size, max_length
         self.image_processor = image_processor or clip_image_transform(image_size)
         self.image_length, self.on_too_long, self.dropped = image_length, on_too_long, 0
+        self.chat = chat or ChatConfig()
 
     def __call__(self, samples: Sequence[Sample]) -> dict:
         rows, dropped = [], 0
         for s in samples:
             s = s.validate().load()
-            try: enc = tokenize_conversation(s.messages, self.tokenizer, self.max_length, self.image_length)
+            try: enc = tokenize_conversation(s.messages, self.tokenizer, self.max_length, self.image_length, chat=self.chat)
             except ConversationTooLong as e:
                 if self.on_too_long == "raise": raise ConversationTooLong(f"{s.source or s.id}: {e}") from None
                 dropped += 1; continue

@@ -11,22 +11,24 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from .config import LLMBindConfig, paper_mixture
-from .tokens import IMAGE_TOKEN, format_vicuna, task_token_strings, parse_response, tiny_tokenizer, add_task_tokens
+from .config import LLMBindConfig, ChatConfig, UserError, paper_mixture
+from .tokens import IMAGE_TOKEN, render_chat, task_token_strings, parse_response, tiny_tokenizer, add_task_tokens
 from .data import Sample
 from .synthetic import ensure_shapes_world, load_shapes_world
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats, lora_moe_layers
 # stage B's pieces live in the pipeline layer; the demo names them as before
-from .pipeline import (SYSTEM, with_system, ChatCollator, chat_collator, task_tokenizer, DataStream, build_model,
+from .pipeline import (chat_collator, task_tokenizer, DataStream, build_model,
                               model_fn, data_fn, eval_fn, stats_fn, pipeline_functions, _leaf_of, _short)
+from .evaluate import (TARGETS, evaluate_model, evaluate_sets, sets_summary, summary_metrics, check_targets, format_report,
+                              plot_confusion)
 
 # %% auto #0
-__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'DemoCollator', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS',
-           'PROMPT_TASKS', 'EVAL_PER_LEAF', 'TARGETS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags',
-           'plain_sample', 'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a',
-           'pretrain_sam', 'eval_turns', 'turn_kind', 'evaluate_demo', 'routing_by_task', 'plot_losses', 'plot_routing',
-           'plot_masks', 'write_report', 'run_demo', 'demo_command']
+__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS', 'EVAL_PER_LEAF',
+           'SET_NAMES', 'VIEWS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample',
+           'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a', 'pretrain_sam',
+           'demo_eval_settings', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions',
+           'demo_targets', 'write_report', 'run_demo', 'demo_command']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -79,19 +81,21 @@ def train_demo_tokenizer(data_dir,                # a shapes world (written by `
                          path,                    # folder to save the tokenizer in
                          vocab_size: int = 768,
                          split: str = "train",    # the split whose dialogues it learns from (never the test split)
-                         seed: int = 0):
+                         seed: int = 0,
+                         chat: Optional[ChatConfig] = None):  # the chat format the dialogues are written in (default: the tiny preset's)
     "A byte-level BPE tokenizer like `tiny_tokenizer` (same specials, chat template and size), learnt from the dialogues of `split` as stage A sees them."
     from llmbind.tokens import tiny_corpus, train_bpe_tokenizer
     if split == "test": raise ValueError("the demo tokenizer must not learn from the test split")
     world = load_shapes_world(data_dir, split, seed=seed)
-    lines = [format_vicuna([{"role": "system", "content": SYSTEM}] + [dict(m, content=strip_tags(m["content"])) for m in s.load().messages])
+    chat = chat or LLMBindConfig.tiny().chat
+    lines = [render_chat([dict(m, content=strip_tags(m["content"])) for m in s.load().messages], chat)
              for ss in world.values() for s in ss]
     if not lines: raise ValueError(f"no dialogues in the {split} split of {data_dir}; write the shapes world first")
     tok = train_bpe_tokenizer(lines + tiny_corpus(seed=seed), vocab_size, model_max_length=10**9)   # + general words, for the copy dialogues
     tok.save_pretrained(str(path))
     return tok
 
-DemoCollator, demo_collator, demo_tokenizer = ChatCollator, chat_collator, task_tokenizer   # the names the demo's users know
+demo_collator, demo_tokenizer = chat_collator, task_tokenizer   # the names the demo's users know
 
 class DemoData(DataStream):
     "`DataStream` over the shapes world in `data_dir`; `plain=True` takes the task tags out of the answers (stage A)."
@@ -322,90 +326,19 @@ def pretrain_sam(model, data_dir, steps: int = 300, batch_size: int = 32, lr: fl
             "val_point_ciou": inter / union if union else None, "val_masks": len(vp)}
 
 # %% ../nbs/11a_demo.ipynb #fe392974
-PROMPT_TASKS = ("gen", "edit", "audio", "video")
-
-def _norm(s: Optional[str]) -> str: return " ".join((s or "").split())
-
 EVAL_PER_LEAF = {"seg/semantic": 8, "seg/referring": 40, "seg/reasoning": 8, "vqa": 24, "interactive/image_gen": 16,
                  "interactive/image_edit": 16, "interactive/audio": 16, "interactive/video": 16, "det": 12, "cls": 12}
 
-def eval_turns(samples: dict, max_per_leaf=None) -> list:
-    "Every assistant turn of the test samples as (leaf, sample, turn index, gold answer, seg index)."
-    out = []
-    for leaf, ss in samples.items():
-        k = max_per_leaf.get(leaf, 0) if isinstance(max_per_leaf, dict) else max_per_leaf
-        for s in list(ss)[:k]:
-            seg_i = 0
-            for j, m in enumerate(s.messages):
-                if m["role"] != "assistant": continue
-                out.append((leaf, s, j, m["content"], seg_i))
-                seg_i += sum(c.task == "seg" for c in parse_response(m["content"]))
-    return out
-
-def turn_kind(leaf: str, gold: str) -> str:
-    "Per-task bucket of a turn: the leaf, or 'chat' for an untagged turn of an interactive dialogue."
-    task = leaf.split("/")[-1]
-    if leaf.startswith("interactive/") and not len(parse_response(gold)): return "chat"
-    return task
-
-@torch.no_grad()
-def evaluate_demo(model, samples: dict, max_per_leaf=EVAL_PER_LEAF, max_new_tokens: int = 64,
-                  keep_examples: int = 4, progress: bool = False) -> dict:
-    "Generate every test turn (gold history as context) and score dispatch, prompt EM, masks and <seg> false positives."
-    model.eval()
-    rows, examples = [], []
-    inter = union = 0.0
-    turns = eval_turns(samples, max_per_leaf)
-    t0 = time.perf_counter()
-    tok, limit = model.tokenizer, model.cfg.llm.model_max_length
-    extra = model.cfg.vision.num_patches - 1
-    skipped = 0
-    for n, (leaf, s, j, gold, seg_i) in enumerate(turns):
-        s = s.load()
-        msgs = [{"role": "system", "content": SYSTEM}] + s.messages[:j + 1]
-        need = len(tok(format_vicuna(msgs, eos=tok.eos_token))["input_ids"]) + (extra if s.image is not None else 0)
-        if need > limit: skipped += 1; continue                   # training never saw this round either (truncated)
-        n_gold = len(tok(gold, add_special_tokens=False)["input_ids"])
-        res = model.generate(msgs[:-1], image=s.image, max_new_tokens=min(max_new_tokens, n_gold + 24))
-        g, p = parse_response(gold), res.calls
-        kind = turn_kind(leaf, gold)
-        r = {"leaf": leaf, "kind": kind, "id": s.id, "turn": j, "gold": gold, "pred": res.text,
-             "dispatch": [c.task for c in p] == [c.task for c in g] and not res.problems, "problems": [q.kind for q in res.problems]}
-        gp = [c for c in g if c.task in PROMPT_TASKS]
-        if gp:
-            pp = [c for c in p if c.task in PROMPT_TASKS]
-            r["prompt_em"] = len(pp) == len(gp) and all(a.task == b.task and _norm(a.prompt) == _norm(b.prompt) for a, b in zip(gp, pp))
-        if leaf == "vqa": r["seg_fp"] = any(c.task == "seg" for c in p)
-        if any(c.task == "seg" for c in g) and s.masks is not None:
-            gt = np.asarray(s.masks[seg_i], bool)
-            pr = res.masks[0].numpy().astype(bool) if res.masks is not None and len(res.masks) else np.zeros_like(gt)
-            i, u = float((gt & pr).sum()), float((gt | pr).sum())
-            r["iou"] = i / u if u else 1.0
-            if leaf == "seg/referring":
-                inter += i; union += u
-                if len(examples) < keep_examples: examples.append({"image": np.asarray(s.image), "gt": gt, "pred": pr, "text": s.messages[j - 1]["content"], "iou": r["iou"]})
-        rows.append(r)
-        if progress and (n + 1) % 50 == 0: print(f"eval {n + 1}/{len(turns)} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
-    def mean(key, sel=lambda r: True):
-        v = [float(r[key]) for r in rows if key in r and sel(r)]
-        return (float(np.mean(v)) if v else None), len(v)
-    metrics = {}
-    for key, name in (("dispatch", "dispatch_accuracy"), ("prompt_em", "prompt_exact_match"), ("seg_fp", "seg_false_positive_vqa")):
-        metrics[name], metrics[name + "_n"] = mean(key)
-    metrics["referring_ciou"] = inter / union if union else None
-    metrics["skipped_turns"] = skipped
-    metrics["referring_giou"], metrics["referring_n"] = mean("iou", lambda r: r["leaf"] == "seg/referring")
-    per = {}
-    for k in sorted({r["kind"] for r in rows}):
-        sel = lambda r, k=k: r["kind"] == k
-        per[k] = {"turns": sum(sel(r) for r in rows), "dispatch": mean("dispatch", sel)[0], "prompt_em": mean("prompt_em", sel)[0],
-                  "giou": mean("iou", sel)[0]}
-    return {"metrics": metrics, "per_task": per, "rows": rows, "examples": examples, "eval_s": time.perf_counter() - t0}
+def demo_eval_settings(per_leaf=EVAL_PER_LEAF, seed: int = 0) -> dict:
+    "What the demo evaluates, recorded in RUN/eval_settings.json: the two test sets, the samples per leaf, the options."
+    return {"sets": {"test": ["data", "test"], "pairs": ["data_pairs", "test"]}, "limit": per_leaf, "seed": seed,
+            "turns": "all", "free_running": True, "forced_masks": True, "max_new_tokens": 64, "answer_budget": 24,
+            "threads": 1, "examples": 4}
 
 @torch.no_grad()
 def routing_by_task(model, cfg: LLMBindConfig, samples: dict, per_leaf: int = 8) -> dict:
     "Mean expert load per task and LoRA-MoE linear (teacher-forced forward over test samples of each leaf)."
-    coll = demo_collator(cfg, model.tokenizer)
+    coll = chat_collator(cfg, model.tokenizer)
     out = {}
     for leaf, ss in samples.items():
         b = coll([s for s in list(ss)[:per_leaf]]); b.pop("ids", None)
@@ -413,21 +346,7 @@ def routing_by_task(model, cfg: LLMBindConfig, samples: dict, per_leaf: int = 8)
         out[leaf.split("/")[-1]] = {_short(n): st.load.tolist() for n, st in routing_stats(model.llm, o.attention_mask.bool()).items()}
     return out
 
-def _eval_process(cfg_dict: dict, weights: str, data_dir: str, seed: int, max_per_leaf, path: str):
-    "Body of `run_demo`'s second evaluation process: scores the test split of `data_dir` and writes metrics, per-task results and rows to `path` (JSON)."
-    torch.set_num_threads(1)
-    model = model_fn(LLMBindConfig.from_dict(cfg_dict), weights=weights)
-    ev = evaluate_demo(model, load_shapes_world(data_dir, "test", seed=seed), max_per_leaf=max_per_leaf)
-    Path(path).write_text(json.dumps({k: ev[k] for k in ("metrics", "per_task", "rows")}))
-
 # %% ../nbs/11a_demo.ipynb #17ab2b6f
-TARGETS = {"dispatch_accuracy": (">=", 0.98), "prompt_exact_match": (">=", 0.90), "referring_ciou": (">=", 0.5),
-           "seg_false_positive_vqa": ("<=", 0.02), "wall_time_s": ("<=", 600.0)}
-
-def _met(v, op, goal) -> Optional[bool]:
-    if v is None: return None
-    return v >= goal if op == ">=" else v <= goal
-
 def _read_jsonl(p) -> list:
     p = Path(p)
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
@@ -479,51 +398,67 @@ def plot_masks(examples: list, path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
+SET_NAMES = {"test": "test split (unseen pairs and phrasings)", "pairs": "unseen pairs, training phrasings"}
+VIEWS = (("all turns", None), ("first turns", "first_turns"), ("free-running", "free_running"))
+
+def plot_confusions(evaluation: dict, path) -> Path:
+    "The dispatch confusion matrix of every test set (all turns), side by side."
+    from matplotlib.figure import Figure      # no pyplot: the caller's backend and open figures stay as they are
+    sets = evaluation["sets"]
+    fig = Figure(figsize=(5.2 * len(sets), 4.2)); axes = fig.subplots(1, len(sets), squeeze=False)[0]
+    for ax, (name, rep) in zip(axes, sets.items()): plot_confusion(rep["confusion"], ax=ax, title=f"dispatch: {name}")
+    fig.tight_layout(); fig.savefig(path, dpi=80)
+    return Path(path)
+
 def _fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
-def write_report(out_dir, report: dict) -> Path:
-    "report.json and report.md (targets, per-task numbers, timings, plots) in the run folder."
-    out = Path(out_dir)
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    m, L = report["metrics"], []
-    L += ["# llmbind demo report", "", f"Command: `{report['command']}`", "",
-          f"Wall time {report['wall_time_s']:.0f} s on {report['machine']['cpus']} CPU cores "
-          f"(load average at the start {report['machine']['load_start']}, at the end {report['machine']['load_end']}).", ""]
-    sets = [("unseen pairs and phrasings", m)] + ([("unseen pairs, training phrasings", report["metrics_pairs"])]
-                                                  if report.get("metrics_pairs") else [])
-    if len(sets) > 1:
-        L += ["Two test sets, both about colour+shape (and sound+place) pairs that never occur in training: the test split "
-              "of the world, whose requests also use templates never seen in training, and the same pairs asked in the "
-              "training templates (`data_pairs`, see 09_synthetic).", ""]
-    L += ["| target | goal | " + " | ".join(f"{name} | met" for name, _ in sets) + " |", "|---|---|" + "---|---|" * len(sets)]
+def demo_targets(report: dict) -> list[dict]:
+    "One row per target of `llmbind.evaluate.TARGETS`: its goal and value in each test set and view (all, first, free-running)."
+    rows = []
     for k, (op, goal) in TARGETS.items():
-        vs = [report["wall_time_s"] if k == "wall_time_s" else mm.get(k) for _, mm in sets]
-        L.append(f"| {k} | {op} {goal} | " + " | ".join(f"{_fmt(v)} | {_fmt(_met(v, op, goal))}" for v in vs) + " |")
-    L += ["", f"referring gIoU {_fmt(m.get('referring_giou'))} over {m.get('referring_n')} expressions; "
-          f"dispatch over {m.get('dispatch_accuracy_n')} turns, prompt EM over {m.get('prompt_exact_match_n')} tagged turns, "
-          f"<seg> false positives over {m.get('seg_false_positive_vqa_n')} VQA turns"
-          + (f" (training phrasings: {report['metrics_pairs'].get('dispatch_accuracy_n')} turns, "
-             f"{report['metrics_pairs'].get('prompt_exact_match_n')} tagged)." if len(sets) > 1 else "."), "",
-          *(["Per task: the first four columns on the test split, the last four in training phrasings.", ""] if len(sets) > 1 else []),
-          "| task | turns | dispatch | prompt EM | gIoU |" + (" turns | dispatch | prompt EM | gIoU |" if len(sets) > 1 else ""),
-          "|---|---|---|---|---|" + ("---|---|---|---|" if len(sets) > 1 else "")]
-    pp = report.get("per_task_pairs") or {}
-    cell = lambda r: f"{r['turns']} | {_fmt(r['dispatch'])} | {_fmt(r['prompt_em'])} | {_fmt(r['giou'])} |"
-    for k, r in report["per_task"].items():
-        L.append(f"| {k} | {cell(r)}" + ((" " + cell(pp[k])) if k in pp else (" | | | |" if len(sets) > 1 else "")))
+        row = {"target": k, "goal": f"{op} {goal}", "values": {}}
+        for name, rep in report["evaluation"]["sets"].items():
+            for view, key in VIEWS:
+                part = rep if key is None else rep.get(key)
+                if part is None: continue
+                v = report["wall_time_s"] if k == "wall_time_s" else summary_metrics(part).get(k)
+                row["values"][f"{name}/{view}"] = {"value": v, "met": check_targets({k: v} if v is not None else {}, {k: (op, goal)})[k]["ok"]}
+        rows.append(row)
+    return rows
+
+def write_report(out_dir, report: dict) -> Path:
+    "report.json and report.md (targets, every metric of both test sets, timings, plots) in the run folder."
+    out = Path(out_dir)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    L = ["# llmbind demo report", "", f"Command: `{report['command']}`", "",
+         f"Wall time {report['wall_time_s']:.0f} s on {report['machine']['cpus']} CPU cores "
+         f"(load average at the start {report['machine']['load_start']}, at the end {report['machine']['load_end']}).", "",
+         "Two test sets, both about colour+shape (and sound+place) pairs that never occur in training: the test split of the "
+         "world, whose requests also use templates never seen in training (`test`), and the same pairs asked in the training "
+         "templates (`pairs`, see 09_synthetic). Each is scored on every turn after the gold history, on the first turns alone, "
+         "and free-running (later turns follow the model's own answers). `llmbind eval --run RUN` reproduces these numbers.", ""]
+    rows = demo_targets(report)
+    cols = list(rows[0]["values"])
+    L += ["| target | goal | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for r in rows:
+        L.append(f"| {r['target']} | {r['goal']} | " + " | ".join(
+            (f"{_fmt(r['values'][c]['value'])} {'✓' if r['values'][c]['met'] else '✗'}" if c in r["values"] else "") for c in cols) + " |")
+    for name, rep in report["evaluation"]["sets"].items():
+        L += ["", format_report(rep, title=SET_NAMES.get(name, name)).replace("## ", "## Test set: ", 1)]
     L += ["", "| phase | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in report["timings"].items()]
     L += ["", f"Stage A: {report['stage_a']['steps']} steps ({report['stage_a'].get('copy_steps', 0)} on copy dialogues), "
              f"batch {report['stage_a']['batch_size']}; "
           f"stage B: {report['stage_b'].get('step')} steps on {report['stage_b'].get('world_size')} ranks "
           f"({_fmt(report['stage_b'].get('median_step_time_s'))} s/step).", ""]
-    for name in ("losses.png", "routing.png", "masks.png"):
+    for name in ("losses.png", "routing.png", "confusion.png", "masks.png"):
         if (out / name).is_file(): L.append(f"![{name}]({name})")
     L += ["", "Some answers on the test split:", ""]
     for r in report.get("samples", []):
-        L.append(f"- [{r['kind']}] gold `{r['gold']}` / predicted `{r['pred']}`")
+        L.append(f"- [{r['kind']}] gold `{r['reference']}` / predicted `{r['prediction']}`")
     (out / "report.md").write_text("\n".join(L) + "\n")
     return out / "report.md"
+
 
 # %% ../nbs/11a_demo.ipynb #6d0eea6a
 def _load() -> str:
@@ -541,7 +476,7 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
              batch_a: int = 32,
              sam_steps: Optional[int] = None,     # stage A point-prompt steps of SAM (default 1200, quick 10)
              minutes_a: Optional[float] = None,   # stop stage A early after this many minutes
-             eval_per_leaf=EVAL_PER_LEAF,         # test samples per leaf (int or {leaf: n})
+             eval_per_leaf=EVAL_PER_LEAF,         # test dialogues per leaf (int or {leaf: n})
              progress: bool = True,
              command: str = "llmbind demo") -> dict:
     "Shapes world -> stage A base -> stage B LLMBind on DeepSpeed -> test-split evaluation -> report; returns the report."
@@ -563,7 +498,7 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     # the second test set: the same held-out pairs, asked in the training templates (09_synthetic)
     ensure_shapes_world(out / "data_pairs", {"test": sizes["test"]}, seed=seed, image_size=cfg.data.image_size,
                         kinds=cfg.segment.class_names, templates="train")
-    if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed)
+    if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed, chat=cfg.chat)
     timings["data"] = time.perf_counter() - t; say(f"shapes world and tokenizer written in {timings['data']:.0f}s")
     t = time.perf_counter()
     sam_steps = (10 if quick else 1200) if sam_steps is None else sam_steps
@@ -588,51 +523,37 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     timings["stage_b"] = time.perf_counter() - t; say(f"stage B: {sb['step']} steps in {timings['stage_b']:.0f}s")
     t = time.perf_counter()
     torch.set_num_threads(1)
-    weights = str(out / "stage_b" / "model.safetensors")
-    # the second test set is evaluated in a second process meanwhile (one thread each, the two cores both busy)
-    import multiprocessing as mp
-    import importlib
-    target = importlib.import_module("llmbind.demo")._eval_process       # by module, so a spawned process can import it
-    pairs_json = out / "eval_pairs.json"
-    job = mp.get_context("spawn").Process(target=target, args=(cfg.to_dict(), weights, str(out / "data_pairs"), seed, eval_per_leaf,
-                                                                str(pairs_json)))
-    job.start()
-    try:
-        model = model_fn(cfg, weights=weights)
-        test = load_shapes_world(cfg.data.data_dir, "test", seed=seed)
-        ev = evaluate_demo(model, test, max_per_leaf=eval_per_leaf, progress=progress)
-        routing = routing_by_task(model, cfg, test)
-        model.save_pretrained(out / "model")          # what `llmbind eval --run RUN` and `LLMBindForCausalLM.from_pretrained` read
-    except BaseException:
-        job.terminate(); job.join()                   # no orphan evaluating on when this one failed or was interrupted
-        raise
-    job.join()
-    if job.exitcode != 0: raise RuntimeError(f"the evaluation process of {out / 'data_pairs'} failed (exit status {job.exitcode})")
-    ev_p = json.loads(pairs_json.read_text()); pairs_json.unlink()
-    timings["evaluation"] = time.perf_counter() - t; say(f"evaluated {len(ev['rows'])} test turns in {timings['evaluation']:.0f}s")
+    model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
+    model.save_pretrained(out / "model")              # with its chat format: what `llmbind eval` and `llmbind chat` read
+    routing = routing_by_task(model, cfg, load_shapes_world(cfg.data.data_dir, "test", seed=seed))
+    del model
+    # the one evaluation, the one `llmbind eval --run RUN` repeats: both test sets, each in its own process
+    res = evaluate_sets(out, demo_eval_settings(eval_per_leaf, seed), progress=False, jobs=2)
+    sets = res["sets"]
+    timings["evaluation"] = time.perf_counter() - t
+    say(f"evaluated {sum(r['n_answers'] for r in sets.values())} test turns in {timings['evaluation']:.0f}s")
     t = time.perf_counter()
-    plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png"); plot_masks(ev["examples"], out / "masks.png")
+    evaluation = sets_summary(res)
+    plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png")
+    plot_masks(sets["test"].get("examples") or [], out / "masks.png"); plot_confusions(evaluation, out / "confusion.png")
+    for name, r in sets.items():
+        (out / f"eval_records_{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["records"]))
+        (out / f"eval_records_{name}_free.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["free_records"]))
     rng = random.Random(seed)
-    picks = [r for k in sorted({r["kind"] for r in ev["rows"]}) for r in rng.sample([r for r in ev["rows"] if r["kind"] == k], 1)]
-    report = {"command": command, "metrics": ev["metrics"], "per_task": ev["per_task"], "routing": routing,
-              "metrics_pairs": ev_p["metrics"], "per_task_pairs": ev_p["per_task"],
-              "targets": {k: {"op": op, "goal": g} for k, (op, g) in TARGETS.items()},
-              "stage_a": sa, "stage_b": sb, "timings": timings,
+    rows = sets["test"]["records"]
+    picks = [r for k in sorted({r["kind"] for r in rows}) for r in rng.sample([r for r in rows if r["kind"] == k], 1)]
+    report = {"command": command, "evaluation": evaluation, "routing": routing, "stage_a": sa, "stage_b": sb, "timings": timings,
               "machine": {"cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()},
-              "config": cfg.to_dict(), "samples": [{k: r[k] for k in ("kind", "gold", "pred")} for r in picks]}
+              "config": cfg.to_dict(), "samples": [{k: r[k] for k in ("kind", "reference", "prediction")} for r in picks]}
     timings["report"] = time.perf_counter() - t
     report["wall_time_s"] = time.perf_counter() - t_start
-    for key, e in (("met", ev), ("met_pairs", ev_p)):
-        report[key] = {k: _met(report["wall_time_s"] if k == "wall_time_s" else e["metrics"].get(k), op, g) for k, (op, g) in TARGETS.items()}
-    (out / "eval_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev["rows"]))
-    (out / "eval_rows_pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ev_p["rows"]))
+    report["targets"] = demo_targets(report)
     write_report(out, report)
     say(f"report: {out / 'report.md'}")
     return report
 
 def demo_command(argv: Sequence[str]) -> int:
     "`llmbind demo`: the tiny end-to-end job on CPU (data, stage A, stage B on DeepSpeed, evaluation, report)."
-    from llmbind.cli import UserError
     p = argparse.ArgumentParser(prog="llmbind demo", description="The tiny end-to-end LLMBind job on CPU.")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
@@ -655,9 +576,12 @@ def demo_command(argv: Sequence[str]) -> int:
     cmd = "llmbind demo " + " ".join(argv)
     r = run_demo(out, steps_a=sa, steps_b=sb, nproc=a.nproc, seed=a.seed, quick=a.quick, overwrite=a.overwrite, copy_steps=a.copy_steps,
                  eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip())
-    for name, m in (("test split (unseen pairs and phrasings)", r["metrics"]), ("unseen pairs, training phrasings", r["metrics_pairs"])):
-        print(f"{name}: dispatch {_fmt(m['dispatch_accuracy'])}  prompt EM {_fmt(m['prompt_exact_match'])}  referring cIoU "
-              f"{_fmt(m['referring_ciou'])}  <seg> FP on VQA {_fmt(m['seg_false_positive_vqa'])}")
+    for name, rep in r["evaluation"]["sets"].items():
+        for view, key in VIEWS[:2]:
+            m = summary_metrics(rep if key is None else rep[key])
+            print(f"{SET_NAMES.get(name, name)}, {view}: dispatch {_fmt(m.get('dispatch_accuracy'))}  prompt EM "
+                  f"{_fmt(m.get('prompt_exact_match'))}  referring cIoU {_fmt(m.get('referring_ciou'))}  <seg> FP "
+                  f"{_fmt(m.get('seg_false_positive_rate'))}  chat without tag {_fmt(m.get('chat_no_tag_rate'))}")
     print(f"wall time {r['wall_time_s']:.0f}s")
     print(f"report: {out / 'report.md'}")
     return 0

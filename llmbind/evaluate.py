@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_evaluate.ipynb #3f6ebb7f
 from __future__ import annotations
-import argparse, functools, json, math, sys, time
+import argparse, functools, json, math, shutil, sys, time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -12,23 +12,25 @@ import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
-from .config import LLMBindConfig
-from .tokens import TASKS, CALL_TASKS, IMAGE_TOKEN, parse_response
+from .config import LLMBindConfig, UserError
+from .tokens import TASKS, CALL_TASKS, IMAGE_TOKEN, parse_response, render_chat
 from .data import Sample, load_refs_pickle, polygons_to_mask, read_reasonseg, segmentation_to_mask
 
 # %% auto #0
 __all__ = ['DISPATCH_LABELS', 'NO_CALL_TASKS', 'PROMPT_TASKS', 'TARGETS', 'REFER_SPLITS', 'REASONSEG_SPLITS', 'BENCHMARKS',
-           'LISA_SHORT_PROMPT', 'LISA_LONG_PROMPT', 'LISA_ANSWER', 'BENCHMARK_TITLES', 'MODEL_PATH_FIELDS', 'iou_stats',
-           'per_mask_iou', 'giou', 'ciou', 'SegmentationMeter', 'box_iou', 'call_signature', 'dispatch_label',
-           'expected_call', 'dispatch_accuracy', 'confusion_matrix', 'plot_confusion', 'seg_false_positive_rate',
-           'normalize_prompt', 'prompt_matches', 'prompt_exact_match', 'EvalItem', 'eval_items', 'to_jsonable',
-           'evaluate_model', 'summary_metrics', 'check_targets', 'format_report', 'plot_iou_histogram', 'feature_stats',
+           'LISA_SHORT_PROMPT', 'LISA_LONG_PROMPT', 'LISA_ANSWER', 'BENCHMARK_TITLES', 'MODEL_PATH_FIELDS',
+           'EVAL_SETTINGS', 'iou_stats', 'per_mask_iou', 'giou', 'ciou', 'SegmentationMeter', 'box_iou',
+           'call_signature', 'dispatch_label', 'expected_call', 'dispatch_accuracy', 'confusion_matrix',
+           'plot_confusion', 'seg_false_positive_rate', 'normalize_prompt', 'prompt_matches', 'prompt_exact_match',
+           'EvalItem', 'eval_items', 'to_jsonable', 'turn_kind', 'normalize_answer', 'summarize', 'evaluate_model',
+           'summary_metrics', 'check_targets', 'format_report', 'plot_iou_histogram', 'feature_stats',
            'frechet_distance_from_stats', 'frechet_distance', 'images_to_tensor', 'RandomConvFeatures',
            'extract_features', 'fid', 'video_frames_of', 'video_fid', 'RandomAudioFeatures', 'audio_fd',
            'inception_score', 'clip_similarity', 'tiny_clip', 'clip_image_features', 'InceptionFeatures', 'lisa_prompt',
            'benchmark_files', 'benchmark_samples', 'evaluate_benchmark', 'benchmark_table', 'relocate_checkpoints',
            'load_eval_model', 'is_checkpoint_dir', 'find_checkpoint', 'find_data_dir', 'load_eval_samples',
-           'evaluate_run', 'parse_benchmarks', 'evaluate_benchmarks', 'format_benchmarks', 'eval_command']
+           'evaluate_run', 'evaluate_sets', 'sets_summary', 'parse_benchmarks', 'evaluate_benchmarks',
+           'format_benchmarks', 'eval_command']
 
 # %% ../nbs/14_evaluate.ipynb #4b11cc2b
 def _as_mask(x, what: str) -> np.ndarray:
@@ -320,111 +322,176 @@ def to_jsonable(report: dict) -> dict:
     "A copy of a report that `json.dumps` writes as strict JSON (NaN -> null, numpy -> Python)."
     return _nan_to_none(report)
 
-# %% ../nbs/14_evaluate.ipynb #d1aee9fd
+# %% ../nbs/14_evaluate.ipynb #c6f8d000
 def _class_name(c, class_names) -> str:
     c = int(c)
     return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
 
+def turn_kind(task: str,        # the sample's task (Sample.task)
+              reference: str,   # the reference answer of the turn
+             ) -> str:
+    "What a turn asks for: the sample's task, or 'chat' for a turn of a task dialogue whose reference calls nothing."
+    return task if task in NO_CALL_TASKS or len(parse_response(reference)) else "chat"
+
+def normalize_answer(text: str) -> str:
+    "Case-folded, whitespace collapsed, closing punctuation dropped: 'It is  Red.' -> 'it is red'."
+    return normalize_prompt(text).rstrip(" .!?")
+
+def _positions(model, messages, image) -> Optional[int]:
+    "Positions a conversation takes in the model (image patches counted); None for a model without tokenizer and config."
+    tok, cfg = getattr(model, "tokenizer", None), getattr(model, "cfg", None)
+    if tok is None or cfg is None: return None
+    n = len(tok(render_chat(messages, cfg.chat, eos=tok.eos_token))["input_ids"])
+    return n + (cfg.vision.num_patches - 1 if image is not None else 0)
+
+def _budget(model, reference: str, max_new_tokens: int, answer_budget: Optional[int]) -> int:
+    tok = getattr(model, "tokenizer", None)
+    if answer_budget is None or tok is None: return max_new_tokens
+    return min(max_new_tokens, len(tok(reference, add_special_tokens=False)["input_ids"]) + answer_budget)
+
+
+# %% ../nbs/14_evaluate.ipynb #6850d68c
+def _score_turn(model, it: EvalItem, res, forced_masks: bool, class_names, max_new: int, examples: Optional[list]) -> dict:
+    "The record of one answered turn: what was asked and answered, and every number that turn contributes."
+    s, text = it.sample, getattr(res, "text", res if isinstance(res, str) else "")
+    problems = [getattr(p, "kind", str(p)) for p in (getattr(res, "problems", None) or [])]
+    kind, first = turn_kind(s.task, it.reference), it.turn == next(j for j, m in enumerate(s.messages) if m.get("role") == "assistant")
+    rec = {"id": s.id, "task": s.task, "kind": kind, "turn": it.turn, "first": first, "user": it.history[-1]["content"],
+           "reference": it.reference, "prediction": text, "ref_signature": call_signature(it.reference),
+           "pred_signature": call_signature(text), "problems": problems, "prompts": prompt_matches(text, it.reference)}
+    rec["dispatch_ok"] = rec["ref_signature"] == rec["pred_signature"] and not problems
+    if kind in NO_CALL_TASKS: rec["seg_false_positive"] = TASKS["seg"].open in text
+    if kind == "chat": rec["no_tag_ok"] = rec["pred_signature"] == "none" and not problems
+    if kind == "vqa": rec["answer_ok"] = normalize_answer(text) == normalize_answer(it.reference)
+    if it.masks is not None and len(it.masks):
+        ign = _ignore_region(s, it.masks.shape[-2:])
+        p, g = _mask_pairs(_rows(getattr(res, "masks", None), _token_count(text, "seg")), it.masks, ign)
+        i, u = _pairs_stats(p, g)
+        rec["seg_i"], rec["seg_u"], rec["seg_iou"] = i.tolist(), u.tolist(), per_mask_iou(i, u).tolist()
+        if examples is not None and s.task == "referring":
+            examples.append({"image": np.asarray(s.image), "gt": g[0], "pred": p[0], "text": it.history[-1]["content"],
+                             "iou": rec["seg_iou"][0]})
+        if forced_masks:
+            fres = model.generate(it.history, image=s.image, max_new_tokens=max_new, response=it.reference)
+            p, g = _mask_pairs(_rows(getattr(fres, "masks", None), len(it.masks)), it.masks, ign)
+            i, u = _pairs_stats(p, g)
+            rec["seg_i_forced"], rec["seg_u_forced"], rec["seg_iou_forced"] = i.tolist(), u.tolist(), per_mask_iou(i, u).tolist()
+    if it.boxes is not None and len(it.boxes):
+        got = [np.asarray(torch.as_tensor(b).float().cpu()) for b in _rows(getattr(res, "boxes", None), _token_count(text, "det"))]
+        rec["box_iou"] = [float(box_iou(got[k], it.boxes[k])[0]) if k < len(got) else 0.0 for k in range(len(it.boxes))]
+    if it.classes is not None and len(it.classes):
+        got = _rows(list(getattr(res, "classes", None) or []), _token_count(text, "cls"))
+        rec["cls_correct"] = [k < len(got) and str(got[k]) == _class_name(c, class_names) for k, c in enumerate(it.classes)]
+    return rec
+
+def _mean(v) -> float: return float(np.mean(v)) if len(v) else float("nan")
+
+def summarize(records: Sequence[dict]) -> dict:
+    "Every metric of a set of turn records (all turns, first turns, free-running turns ...): the numbers of a report."
+    recs = list(records)
+    def pick(key, sel=lambda r: True):                  # the values of `key` (lists flattened) in the selected records
+        return [x for r in recs if key in r and sel(r) for x in (r[key] if isinstance(r[key], list) else [r[key]])]
+    kinds = sorted({r["kind"] for r in recs})
+    prompts = [(t, ok) for r in recs for t, ok in r["prompts"]]
+    def seg(suffix):
+        out = {}
+        for t in sorted({r["task"] for r in recs if "seg_i" + suffix in r}):
+            m = SegmentationMeter(); m.add_counts(pick("seg_i" + suffix, lambda r: r["task"] == t), pick("seg_u" + suffix, lambda r: r["task"] == t))
+            out[t] = m.summary()
+        if out:
+            m = SegmentationMeter(); m.add_counts(pick("seg_i" + suffix), pick("seg_u" + suffix)); out["all"] = m.summary()
+        return out
+    return {
+        "n_answers": len(recs), "counts": {k: sum(r["kind"] == k for r in recs) for k in kinds},
+        "dispatch_accuracy": _mean(pick("dispatch_ok")),
+        "dispatch_accuracy_by_kind": {k: _mean(pick("dispatch_ok", lambda r, k=k: r["kind"] == k)) for k in kinds},
+        "confusion": {"labels": list(DISPATCH_LABELS),
+                      "matrix": confusion_matrix([r["pred_signature"] for r in recs], [r["ref_signature"] for r in recs]).tolist()},
+        "prompt_exact_match": _mean([ok for _, ok in prompts]), "n_prompt_calls": len(prompts),
+        "prompt_exact_match_by_task": {t: _mean([ok for u, ok in prompts if u == t]) for t in sorted({t for t, _ in prompts})},
+        "seg_false_positive_rate": _mean(pick("seg_false_positive")), "n_no_call": len(pick("seg_false_positive")),
+        "chat_no_tag_rate": _mean(pick("no_tag_ok")), "n_chat": len(pick("no_tag_ok")),
+        "vqa_accuracy": _mean(pick("answer_ok")), "n_vqa": len(pick("answer_ok")),
+        "malformed_rate": _mean([bool(r["problems"]) for r in recs]),
+        "segmentation": seg(""), "segmentation_forced": seg("_forced"),
+        "det_mean_iou": _mean(pick("box_iou")), "n_boxes": len(pick("box_iou")),
+        "cls_accuracy": _mean(pick("cls_correct")), "n_labels": len(pick("cls_correct")),
+    }
+
+
+# %% ../nbs/14_evaluate.ipynb #59748a84
+def _own_history(history: list, own: list) -> list:
+    "The gold history with its assistant turns replaced, in order, by the model's own earlier answers."
+    it = iter(own)
+    return [dict(m, content=next(it)) if m["role"] == "assistant" else dict(m) for m in history]
+
 def evaluate_model(model,                               # anything with LLMBindForCausalLM's `generate`
                    samples: Sequence[Sample],           # held-out samples (e.g. the shapes world's test split)
                    max_new_tokens: int = 96,            # answer length limit
-                   turns: str = "last",                 # "last" or "all" assistant turns of each sample
+                   turns: str = "all",                  # "all" or "last" assistant turns of each sample
                    forced_masks: bool = True,           # also decode masks from the reference answer (LISA-style)
                    class_names: Optional[Sequence[str]] = None,  # <cls> label names (default: model.cfg.segment.class_names)
                    progress: bool = True,               # tqdm progress bar
                    keep_records: bool = True,           # per-answer records in the report
                    desc: str = "evaluating",            # progress bar label
+                   free_running: bool = False,          # also replay each dialogue on the model's own earlier answers
+                   answer_budget: Optional[int] = None, # at most (reference tokens + this) new tokens (None: max_new_tokens)
+                   max_length="model",                  # skip turns longer than this ("model": the training length; None: none)
+                   keep_examples: int = 0,              # keep this many referring answers with image, truth and mask
                   ) -> dict:
-    "Generate an answer for each held-out turn and compute every text and mask metric; returns a report dict."
+    "Answer every held-out turn (gold history; first turns apart; optionally free-running) and compute every metric."
     from tqdm.auto import tqdm
     from llmbind.model import ModelInputError
+    if turns not in ("last", "all"): raise ValueError(f"turns must be 'last' or 'all', got {turns!r}")
+    if free_running and turns != "all": raise ValueError("free_running replays whole dialogues: use turns='all'")
     if class_names is None: class_names = list(getattr(getattr(getattr(model, "cfg", None), "segment", None), "class_names", []) or [])
+    limit = getattr(getattr(getattr(model, "cfg", None), "llm", None), "model_max_length", None) if max_length == "model" else max_length
     t0 = time.perf_counter()
-    preds, refs, tasks, records = [], [], [], []
-    seg, seg_forced = {}, {}
-    box_ious, cls_hits, n_problems, errors = [], [], 0, []
+    records, free, errors, skipped, examples = [], [], [], [], ([] if keep_examples else None)
+    def answer(it, history, into):
+        "Generate one turn after `history`, score it into `into`; the answer's text, or None when the model refused."
+        max_new = _budget(model, it.reference, max_new_tokens, answer_budget)
+        try: res = model.generate(history, image=it.sample.image, max_new_tokens=max_new)
+        except ModelInputError as e:                        # e.g. a conversation longer than the model's context
+            errors.append({"id": it.sample.id, "task": it.sample.task, "turn": it.turn, "error": str(e)}); return None
+        ex = examples if examples is not None and len(examples) < keep_examples and into is records else None
+        into.append(_score_turn(model, replace(it, history=history), res, forced_masks, class_names, max_new, ex))
+        return into[-1]["prediction"]
     bar = tqdm(total=len(samples), desc=desc, disable=not progress, leave=False)
     for sample in samples:
-        for it in eval_items(sample, turns):
-            s, image = it.sample, it.sample.image
-            try: res = model.generate(it.history, image=image, max_new_tokens=max_new_tokens)
-            except ModelInputError as e:                        # e.g. a conversation longer than the model's context
-                errors.append({"id": s.id, "task": s.task, "turn": it.turn, "error": str(e)}); continue
-            text = getattr(res, "text", res if isinstance(res, str) else "")
-            problems = [getattr(p, "kind", str(p)) for p in (getattr(res, "problems", None) or [])]
-            n_problems += bool(problems)
-            preds.append(text); refs.append(it.reference); tasks.append(s.task)
-            rec = {"id": s.id, "task": s.task, "turn": it.turn, "user": it.history[-1]["content"], "reference": it.reference,
-                   "prediction": text, "ref_signature": call_signature(it.reference), "pred_signature": call_signature(text),
-                   "problems": problems, "prompts": [ok for _, ok in prompt_matches(text, it.reference)]}
-            rec["dispatch_ok"] = rec["ref_signature"] == rec["pred_signature"]
-            if s.task in NO_CALL_TASKS: rec["seg_false_positive"] = TASKS["seg"].open in text
-            if it.masks is not None and len(it.masks):
-                ign = _ignore_region(s, it.masks.shape[-2:])
-                p, g = _mask_pairs(_rows(getattr(res, "masks", None), _token_count(text, "seg")), it.masks, ign)
-                i, u = _pairs_stats(p, g)
-                seg.setdefault(s.task, SegmentationMeter()).add_counts(i, u)
-                rec["seg_iou"] = per_mask_iou(i, u).tolist()
-                if forced_masks:
-                    fres = model.generate(it.history, image=image, max_new_tokens=max_new_tokens, response=it.reference)
-                    p, g = _mask_pairs(_rows(getattr(fres, "masks", None), len(it.masks)), it.masks, ign)
-                    i, u = _pairs_stats(p, g)
-                    seg_forced.setdefault(s.task, SegmentationMeter()).add_counts(i, u)
-                    rec["seg_iou_forced"] = per_mask_iou(i, u).tolist()
-            if it.boxes is not None and len(it.boxes):
-                got = [np.asarray(torch.as_tensor(b).float().cpu()) for b in _rows(getattr(res, "boxes", None), _token_count(text, "det"))]
-                ious = [float(box_iou(got[k], it.boxes[k])[0]) if k < len(got) else 0.0 for k in range(len(it.boxes))]
-                box_ious += ious; rec["box_iou"] = ious
-            if it.classes is not None and len(it.classes):
-                got = _rows(list(getattr(res, "classes", None) or []), _token_count(text, "cls"))
-                hits = [k < len(got) and str(got[k]) == _class_name(c, class_names) for k, c in enumerate(it.classes)]
-                cls_hits += hits; rec["cls_correct"] = hits
-            if keep_records: records.append(rec)
+        own = []                                            # this dialogue's answers, free-running
+        for k, it in enumerate(eval_items(sample, turns)):
+            n = _positions(model, it.history + [{"role": "assistant", "content": it.reference}], it.sample.image) if limit else None
+            if n is not None and n > limit:                 # training never saw this turn either (it truncates by rounds)
+                skipped.append({"id": it.sample.id, "turn": it.turn, "positions": n}); break
+            text = answer(it, it.history, records)
+            if not free_running: continue
+            if k > 0: text = answer(it, _own_history(it.history, own), free)
+            elif text is not None: free.append(records[-1])      # a first turn has no history: the same answer
+            if text is None: break                          # refused: the rest of the dialogue cannot follow the model
+            own.append(text)
         bar.update(1)
     bar.close()
-    by_task = {}
-    for p, r, t in zip(preds, refs, tasks): by_task.setdefault(t, []).append(call_signature(p) == call_signature(r))
-    em_by = {}
-    for p, r in zip(preds, refs):
-        for t, ok in prompt_matches(p, r): em_by.setdefault(t, []).append(ok)
-    def seg_summary(meters):
-        out = {t: m.summary() for t, m in sorted(meters.items())}
-        if meters:
-            allm = SegmentationMeter()
-            for m in meters.values(): allm.add_counts(m.intersections, m.unions)
-            out["all"] = allm.summary()
-        return out
-    cm = confusion_matrix(preds, refs)
-    report = {
-        "n_samples": len(samples), "n_answers": len(preds), "n_errors": len(errors), "errors": errors,
-        "counts": {t: tasks.count(t) for t in sorted(set(tasks))},
-        "dispatch_accuracy": dispatch_accuracy(preds, refs),
-        "dispatch_accuracy_by_task": {t: float(np.mean(v)) for t, v in sorted(by_task.items())},
-        "confusion": {"labels": list(DISPATCH_LABELS), "matrix": cm.tolist()},
-        "prompt_exact_match": prompt_exact_match(preds, refs),
-        "prompt_exact_match_by_task": {t: float(np.mean(v)) for t, v in sorted(em_by.items())},
-        "n_prompt_calls": int(sum(len(v) for v in em_by.values())),
-        "seg_false_positive_rate": seg_false_positive_rate(preds, tasks),
-        "n_no_call": int(sum(t in NO_CALL_TASKS for t in tasks)),
-        "malformed_rate": n_problems / len(preds) if preds else float("nan"),
-        "segmentation": seg_summary(seg),
-        "segmentation_forced": seg_summary(seg_forced) if forced_masks else {},
-        "det_mean_iou": float(np.mean(box_ious)) if box_ious else float("nan"), "n_boxes": len(box_ious),
-        "cls_accuracy": float(np.mean(cls_hits)) if cls_hits else float("nan"), "n_labels": len(cls_hits),
-        "settings": {"max_new_tokens": max_new_tokens, "turns": turns, "forced_masks": forced_masks},
-        "seconds": time.perf_counter() - t0,
-    }
-    if keep_records: report["records"] = records
+    report = {"n_samples": len(samples), **summarize(records), "n_errors": len(errors), "errors": errors,
+              "n_skipped": len(skipped), "skipped": skipped, "first_turns": summarize([r for r in records if r["first"]]),
+              "free_running": summarize(free) if free_running else None,
+              "settings": {"max_new_tokens": max_new_tokens, "turns": turns, "forced_masks": forced_masks, "free_running": free_running,
+                           "answer_budget": answer_budget, "max_length": limit},
+              "seconds": time.perf_counter() - t0}
+    if keep_records: report["records"], report["free_records"] = records, (free if free_running else [])
+    if keep_examples: report["examples"] = examples
     return report
+
 
 # %% ../nbs/14_evaluate.ipynb #1e317d88
 TARGETS = {"dispatch_accuracy": (">=", 0.98), "prompt_exact_match": (">=", 0.90), "referring_ciou": (">=", 0.5),
-           "seg_false_positive_rate": ("<=", 0.02)}
+           "seg_false_positive_rate": ("<=", 0.02), "chat_no_tag_rate": (">=", 0.98),
+           "wall_time_s": ("<=", 600.0)}   # the whole tiny job (`llmbind demo`), not a property of a model
 
 def summary_metrics(report: dict) -> dict[str, float]:
-    "Headline numbers of a report as a flat {name: float} dict (NaN/missing ones left out)."
-    out = {k: report.get(k) for k in ("dispatch_accuracy", "prompt_exact_match", "seg_false_positive_rate", "malformed_rate",
-                                      "det_mean_iou", "cls_accuracy")}
+    "Headline numbers of a report (or of its `first_turns` / `free_running` part) as a flat {name: float} dict (NaN/missing left out)."
+    out = {k: report.get(k) for k in ("dispatch_accuracy", "prompt_exact_match", "seg_false_positive_rate", "chat_no_tag_rate",
+                                      "vqa_accuracy", "malformed_rate", "det_mean_iou", "cls_accuracy", "wall_time_s")}
     for key, suffix in (("segmentation", ""), ("segmentation_forced", "_forced")):
         for t, s in (report.get(key) or {}).items():
             out[f"{t}_giou{suffix}"], out[f"{t}_ciou{suffix}"] = s["giou"], s["ciou"]
@@ -444,23 +511,32 @@ def _fmt(v, pct: bool = False) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)): return "-"
     return f"{100 * v:.1f}%" if pct else f"{v:.3f}"
 
+_ROWS = (("task dispatch accuracy", "dispatch_accuracy", True, "n_answers"), ("prompt exact match", "prompt_exact_match", True, "n_prompt_calls"),
+         ("chat turns without a tag", "chat_no_tag_rate", True, "n_chat"), ("VQA answer accuracy", "vqa_accuracy", True, "n_vqa"),
+         ("`<seg>` false positives on VQA/chat", "seg_false_positive_rate", True, "n_no_call"),
+         ("malformed answers", "malformed_rate", True, "n_answers"), ("`<det>` mean box IoU", "det_mean_iou", False, "n_boxes"),
+         ("`<cls>` accuracy", "cls_accuracy", True, "n_labels"))
+
 def format_report(report: dict, title: str = "llmbind evaluation") -> str:
-    "A markdown table of a report's metrics (overall and per task)."
+    "Markdown tables of a report: every metric for all turns, first turns and (when run) free-running turns; per kind of turn."
     r = report
+    views = [("all turns", r), ("first turns", r.get("first_turns"))] + ([("free-running", r["free_running"])] if r.get("free_running") else [])
+    views = [(n, v) for n, v in views if v]
+    cell = lambda v, key, pct, n: f"{_fmt(v.get(key), pct)} ({v.get(n, 0)})"
     lines = [f"## {title}", "", f"{r['n_answers']} answers from {r['n_samples']} samples in {r.get('seconds', 0):.1f} s"
-             + (f" ({r['n_errors']} turns skipped: the model refused their input)" if r.get("n_errors") else ""), "",
-             "| metric | value | n |", "|---|---|---|",
-             f"| task dispatch accuracy | {_fmt(r['dispatch_accuracy'], True)} | {r['n_answers']} |",
-             f"| prompt exact match | {_fmt(r['prompt_exact_match'], True)} | {r['n_prompt_calls']} |",
-             f"| `<seg>` false positives on VQA/chat | {_fmt(r['seg_false_positive_rate'], True)} | {r['n_no_call']} |",
-             f"| malformed answers | {_fmt(r['malformed_rate'], True)} | {r['n_answers']} |"]
+             + (f"; {r['n_errors']} turns refused by the model as input" if r.get("n_errors") else "")
+             + (f"; {r['n_skipped']} turns skipped (longer than the training length)" if r.get("n_skipped") else ""), "",
+             "| metric (n) | " + " | ".join(n for n, _ in views) + " |", "|---|" + "---|" * len(views)]
+    lines += [f"| {label} | " + " | ".join(cell(v, key, pct, n) for _, v in views) + " |" for label, key, pct, n in _ROWS]
     for key, tag in (("segmentation", ""), ("segmentation_forced", " (teacher-forced)")):
-        for t, s in (r.get(key) or {}).items():
-            lines.append(f"| {t} gIoU / cIoU{tag} | {_fmt(s['giou'])} / {_fmt(s['ciou'])} | {s['n']} |")
-    lines += [f"| `<det>` mean box IoU | {_fmt(r['det_mean_iou'])} | {r['n_boxes']} |",
-              f"| `<cls>` accuracy | {_fmt(r['cls_accuracy'], True)} | {r['n_labels']} |", "",
-              "| sample task | answers | dispatch accuracy |", "|---|---|---|"]
-    lines += [f"| {t} | {r['counts'][t]} | {_fmt(acc, True)} |" for t, acc in r["dispatch_accuracy_by_task"].items()]
+        for t in (r.get(key) or {}):
+            lines.append(f"| {t} gIoU / cIoU{tag} | " + " | ".join(
+                f"{_fmt(v[key].get(t, {}).get('giou'))} / {_fmt(v[key].get(t, {}).get('ciou'))} ({v[key].get(t, {}).get('n', 0)})"
+                for _, v in views) + " |")
+    lines += ["", "| kind of turn | " + " | ".join(f"{n}: answers | dispatch" for n, _ in views) + " |", "|---|" + "---|---|" * len(views)]
+    for k in r["counts"]:
+        lines.append(f"| {k} | " + " | ".join(f"{v['counts'].get(k, 0)} | {_fmt(v['dispatch_accuracy_by_kind'].get(k), True)}"
+                                              for _, v in views) + " |")
     if r.get("prompt_exact_match_by_task"):
         lines += ["", "| prompt tag | exact match |", "|---|---|"]
         lines += [f"| {t} | {_fmt(v, True)} |" for t, v in r["prompt_exact_match_by_task"].items()]
@@ -972,22 +1048,25 @@ def find_data_dir(run_dir, model_dir=None) -> Path:
 
 def load_eval_samples(data_dir,                     # a shapes world written by llmbind.synthetic.write_shapes_world
                       split: str = "test",          # held-out split: test (or val)
-                      limit: Optional[int] = None,  # at most this many samples per leaf
+                      limit=None,                   # at most this many samples per leaf (an int, or {leaf: n})
                       leaves: Optional[Sequence[str]] = None,  # default: every leaf with samples in the split
                       seed: int = 0,                # template choice of the readers
                      ) -> list:
     "Held-out samples of a shapes world, leaf by leaf."
     from llmbind.synthetic import load_shapes_world
-    if limit is not None and limit < 1: raise ValueError(f"limit must be at least 1, got {limit}")
+    if isinstance(limit, int) and limit < 1: raise ValueError(f"limit must be at least 1, got {limit}")
     world = load_shapes_world(data_dir, split, leaves=leaves, seed=seed)
-    return [s for v in world.values() for s in (list(v)[:limit] if limit else list(v))]
+    k = lambda leaf: limit.get(leaf, 0) if isinstance(limit, Mapping) else limit
+    return [s for leaf, v in world.items() for s in (list(v)[:k(leaf)] if limit is not None else list(v))]
 
 def evaluate_run(run_dir=None,                      # a run folder (model and data found as described above)
                  model_dir=None,                    # or: the folder written by save_pretrained
                  data_dir=None,                     # and: the shapes world
                  split: str = "test", limit: Optional[int] = None,
                  out=None,                          # JSON report path (default RUN/eval_<split>.json with a run; None: not written)
-                 max_new_tokens: int = 96, turns: str = "last", forced_masks: bool = True,
+                 max_new_tokens: int = 96, turns: str = "all", forced_masks: bool = True,
+                 free_running: bool = False,        # also replay each dialogue on the model's own answers
+                 answer_budget: Optional[int] = None,  # at most (reference tokens + this) new tokens per answer
                  device=None,                       # None: the saved config's device
                  progress: bool = True,
                  checkpoints_dir=None, config=None,  # frozen checkpoints that moved (see load_eval_model)
@@ -1001,10 +1080,70 @@ def evaluate_run(run_dir=None,                      # a run folder (model and da
     if not samples: raise ValueError(f"the {split} split of {data_dir} has no samples")
     model = load_eval_model(model_dir, device, checkpoints_dir, config)
     report = evaluate_model(model, samples, max_new_tokens=max_new_tokens, turns=turns, forced_masks=forced_masks,
-                            progress=progress)
+                            progress=progress, free_running=free_running, answer_budget=answer_budget)
     report.update(model_dir=str(model_dir), data_dir=str(data_dir), split=split, limit=limit)
     if out is None and run_dir is not None: out = Path(run_dir) / f"eval_{split}.json"
     return _write_report(report, out) if out is not None else report
+
+# %% ../nbs/14_evaluate.ipynb #60b04c53
+EVAL_SETTINGS = "eval_settings.json"   # a run's recorded evaluation: which test sets, which samples, which options
+
+def _eval_set(model_dir: str, data_dir: str, split: str, s: dict, device, checkpoints_dir, config, progress: bool) -> dict:
+    "One test set of `evaluate_sets` (in this process or a spawned one)."
+    if s.get("threads"): torch.set_num_threads(int(s["threads"]))
+    model = load_eval_model(model_dir, device, checkpoints_dir, config)
+    samples = load_eval_samples(data_dir, split, s.get("limit"), seed=s.get("seed", 0))
+    return evaluate_model(model, samples, max_new_tokens=s["max_new_tokens"], turns=s.get("turns", "all"),
+                          forced_masks=s.get("forced_masks", True), free_running=s.get("free_running", False),
+                          answer_budget=s.get("answer_budget"), keep_examples=s.get("examples", 0), progress=progress,
+                          desc=f"{Path(data_dir).name} {split}")
+
+def _eval_set_to(path: str, *args):
+    "Body of a spawned evaluation process: the set's report, pickled to `path`."
+    import pickle
+    Path(path).write_bytes(pickle.dumps(_eval_set(*args)))
+
+def evaluate_sets(run_dir,                            # a run folder whose evaluation was recorded (RUN/eval_settings.json)
+                  settings: Optional[dict] = None,    # instead of the recorded ones (they are then recorded)
+                  model_dir=None, device=None, checkpoints_dir=None, config=None,
+                  progress: bool = True,
+                  jobs: int = 1,                      # test sets evaluated at once (spawned processes)
+                 ) -> dict:
+    "Evaluate a run's saved model on every test set its settings name, with those settings: `{'settings', 'sets': {name: report}}`."
+    import multiprocessing as mp, pickle, tempfile
+    run = Path(run_dir)
+    if settings is None:
+        f = run / EVAL_SETTINGS
+        if not f.is_file(): raise FileNotFoundError(f"{run} has no recorded evaluation ({f}); name a test set with --data")
+        settings = json.loads(f.read_text())
+    else: (run / EVAL_SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
+    model_dir = str(_model_dir(run, model_dir))
+    sets = {name: (str(run / d), split) for name, (d, split) in settings["sets"].items()}
+    for name, (d, _) in sets.items():
+        if not (Path(d) / "index.json").is_file(): raise FileNotFoundError(f"test set {name!r}: {d} holds no shapes world (index.json)")
+    args = lambda name: (model_dir, *sets[name], settings, device, checkpoints_dir, config)
+    names, out, tmp = list(sets), {}, Path(tempfile.mkdtemp())
+    spawned = {n: tmp / f"{i}.pkl" for i, n in enumerate(names[1:jobs], 1)} if jobs > 1 else {}
+    procs = [mp.get_context("spawn").Process(target=_eval_set_to, args=(str(f), *args(n), False)) for n, f in spawned.items()]
+    for pr in procs: pr.start()
+    try:
+        for n in names:
+            if n not in spawned: out[n] = _eval_set(*args(n), progress)
+        for pr in procs: pr.join()
+        bad = [f"{n} (exit status {pr.exitcode})" for n, pr in zip(spawned, procs) if pr.exitcode != 0]
+        if bad: raise RuntimeError(f"the evaluation of {', '.join(bad)} failed in its process")
+        out.update({n: pickle.loads(f.read_bytes()) for n, f in spawned.items()})
+    finally:
+        for pr in procs:
+            if pr.is_alive(): pr.terminate(); pr.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"settings": settings, "model_dir": model_dir, "sets": {n: out[n] for n in names}}
+
+def sets_summary(result: dict) -> dict:
+    "What a run's report keeps of `evaluate_sets`: per set the reports without records, examples and timing."
+    drop = ("records", "free_records", "examples", "seconds")
+    return {"settings": result["settings"], "sets": {n: to_jsonable({k: v for k, v in r.items() if k not in drop})
+                                                      for n, r in result["sets"].items()}}
 
 # %% ../nbs/14_evaluate.ipynb #1d0fc9a9
 def parse_benchmarks(spec: str) -> list[tuple[str, str]]:
@@ -1066,7 +1205,8 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="at most N samples per kind of sample (benchmarks: N sentences per split)")
     p.add_argument("--out", help="JSON report path (default RUN/eval_<split>.json, or RUN/eval_benchmarks.json)")
     p.add_argument("--max-new-tokens", type=int, help="answer length limit (default 96; 64 with --benchmark)")
-    p.add_argument("--turns", choices=["last", "all"], default="last", help="evaluate the last or every assistant turn")
+    p.add_argument("--turns", choices=["last", "all"], help="evaluate every assistant turn (default) or the last one of each sample")
+    p.add_argument("--free-running", action="store_true", help="also replay each dialogue on the model's own earlier answers")
     p.add_argument("--no-forced", action="store_true", help="skip the teacher-forced mask evaluation")
     p.add_argument("--device", help="cpu, cuda, ... (default: the saved config's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -1074,7 +1214,6 @@ def _eval_parser() -> argparse.ArgumentParser:
 
 def eval_command(argv: Sequence[str]) -> int:
     "`llmbind eval`: evaluate a saved model on a shapes-world split or on LISA's benchmarks, print the table, write the JSON report."
-    from llmbind.cli import UserError
     a = _eval_parser().parse_args(list(argv))
     data = a.data or (None if a.benchmark else a.data_root)
     if a.run is None and a.model is None or not a.benchmark and a.run is None and data is None:
@@ -1087,12 +1226,25 @@ def eval_command(argv: Sequence[str]) -> int:
     if a.run is None and a.out is None: print("note: no --out given, the JSON report is not written", file=sys.stderr)
     common = dict(out=a.out, limit=a.limit, forced_masks=not a.no_forced, device=a.device, progress=not a.quiet,
                   checkpoints_dir=a.checkpoints, config=a.config)
+    recorded = a.run is not None and (Path(a.run) / EVAL_SETTINGS).is_file() and not a.benchmark and data is None and \
+        a.limit is None and a.turns is None and a.max_new_tokens is None and not a.free_running and not a.no_forced and a.split == "test"
     try:
-        if a.benchmark:
+        if recorded:                                # the run's own evaluation (as `llmbind demo` recorded it), again
+            res = sets_summary(evaluate_sets(a.run, model_dir=a.model, device=a.device, checkpoints_dir=a.checkpoints,
+                                             config=a.config, progress=not a.quiet, jobs=2))
+            for n, r in res["sets"].items(): print(format_report(r, title=f"llmbind eval: {n}") + "\n")
+            rep = _write_report(res, a.out or Path(a.run) / "eval.json")
+            old = Path(a.run) / "report.json"
+            if old.is_file():
+                was = (json.loads(old.read_text()).get("evaluation") or {}).get("sets")
+                print("the same numbers as report.json" if was == res["sets"] else
+                      "different numbers from report.json (another model, data or software version?)")
+        elif a.benchmark:
             rep = evaluate_benchmarks(a.benchmark, a.run, a.model, a.data_root, max_new_tokens=a.max_new_tokens or 64, **common)
             print(format_benchmarks(rep))
         else:
-            rep = evaluate_run(a.run, a.model, data, split=a.split, max_new_tokens=a.max_new_tokens or 96, turns=a.turns, **common)
+            rep = evaluate_run(a.run, a.model, data, split=a.split, max_new_tokens=a.max_new_tokens or 96, turns=a.turns or "all",
+                               free_running=a.free_running, **common)
             print(format_report(rep, title=f"llmbind eval: {a.split} split"))
     except KeyError as e: raise UserError(str(e).strip("'\"")) from None
     except ValueError as e: raise UserError(str(e)) from None

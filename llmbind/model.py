@@ -4,15 +4,15 @@
 
 # %% ../nbs/06_model.ipynb #04f572aa
 from __future__ import annotations
-import contextlib, inspect, json, logging, warnings
+import contextlib, inspect, json, logging, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 import numpy as np
 import torch
 from torch import nn
-from .config import LLMBindConfig, ConfigError
-from .tokens import (IMAGE_TOKEN, ParseProblem, parse_response, format_vicuna, tiny_tokenizer,
+from .config import LLMBindConfig, ConfigError, ChatConfig
+from .tokens import (IMAGE_TOKEN, ParseProblem, parse_response, render_chat, chat_template, tiny_tokenizer,
                             add_task_tokens, task_token_strings, train_only_new_token_rows)
 from .moe import inject_lora_moe, lora_moe_layers, moe_aux_loss
 from .vision import (ImageError, ImageProcessor, build_vision_tower, build_projector, clip_vision_config,
@@ -24,9 +24,10 @@ from .losses import LossBreakdown, compute_total_loss
 _log = logging.getLogger("llmbind")
 
 # %% auto #0
-__all__ = ['GROUP_ORDER', 'ModelInputError', 'LLMBindOutput', 'RandomProjectorWarning', 'checkpoint_kind', 'llama_config',
-           'resolve_checkpoint_config', 'resolve_device', 'resolve_dtype', 'enable_checkpointing', 'build_tokenizer',
-           'read_llm_folder', 'build_llm', 'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
+__all__ = ['GROUP_ORDER', 'SAVED_PATH_FIELDS', 'LEGACY_CHAT', 'ModelInputError', 'LLMBindOutput', 'RandomProjectorWarning',
+           'LegacyFormatWarning', 'checkpoint_kind', 'llama_config', 'resolve_checkpoint_config', 'resolve_device',
+           'resolve_dtype', 'enable_checkpointing', 'build_tokenizer', 'read_llm_folder', 'build_llm',
+           'LLMBindForCausalLM', 'pack_supervised', 'GenerationResult']
 
 # %% ../nbs/06_model.ipynb #7a337a37
 class ModelInputError(ValueError):
@@ -56,6 +57,9 @@ class LLMBindOutput:
 # %% ../nbs/06_model.ipynb #3017fb0a
 class RandomProjectorWarning(UserWarning):
     "The LLM folder has no projector: a new one starts at random (and `vision.train_projector` is set so it trains)."
+
+class LegacyFormatWarning(UserWarning):
+    "A saved model folder lacks something newer folders record (its chat format); what is assumed instead is said."
 
 def _config_json(path) -> dict:
     path = Path(path).expanduser()
@@ -296,6 +300,7 @@ class LLMBindForCausalLM(nn.Module):
                  segment: SegmentationModule):       # SAM + text_hidden_fcs + heads
         super().__init__()
         self.cfg, self.tokenizer = cfg, tokenizer
+        tokenizer.chat_template = chat_template(cfg.chat)   # the format it is trained and served with, saved with it
         self.llm, self.vision_tower, self.projector, self.segment = llm, vision_tower, projector, segment
         self.token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in task_token_strings()}
         self.image_token_id, self.seg_token_id = self.token_ids[IMAGE_TOKEN], self.token_ids["<seg>"]
@@ -672,7 +677,7 @@ def _generate(self, prompt_or_messages,              # a user prompt, or [{'role
         tok, dev = self.tokenizer, self.device
         prep = self.prepare_images([image])
         msgs = _messages(prompt_or_messages, image is not None)
-        prompt = format_vicuna(msgs, eos=tok.eos_token, add_generation_prompt=True)
+        prompt = render_chat(msgs, self.cfg.chat, eos=tok.eos_token, add_generation_prompt=True)
         p_ids = tok(prompt, add_special_tokens=True)["input_ids"]
         img_kw = dict(images=prep["images"], has_image=prep["has_image"])
         if response is not None:
@@ -758,11 +763,35 @@ def _trained_state(self) -> dict:
         elif n in names or g == "projector": out[n] = t
     return out
 
+SAVED_PATH_FIELDS = ("llm.pretrained_path", "llm.tokenizer_path", "vision.pretrained_path", "segment.checkpoint", "data.data_dir",
+                     "generators.image_gen_path", "generators.image_edit_path", "generators.video_path", "generators.audio_path")
+LEGACY_CHAT = ChatConfig(system="A chat.")      # what every llmbind model was trained with before the format was saved
+
+def _paths_relative_to(cfg: LLMBindConfig, d: Path) -> dict:
+    "cfg as a dict whose paths inside d's parent (the run folder) are written relative to d: a run moves as one folder."
+    out, run = cfg.to_dict(), d.resolve().parent
+    for f in SAVED_PATH_FIELDS:
+        sec, key = f.split(".")
+        v = out[sec][key]
+        if not v or not Path(v).expanduser().is_absolute(): continue
+        p = Path(v).expanduser().resolve()
+        if p == run or run in p.parents: out[sec][key] = os.path.relpath(p, d.resolve())
+    return out
+
+def _paths_from(cfg: LLMBindConfig, d: Path) -> LLMBindConfig:
+    "The inverse: a relative path of a saved config that exists next to the model folder d is taken from there."
+    out = cfg.to_dict()
+    for f in SAVED_PATH_FIELDS:
+        sec, key = f.split(".")
+        v = out[sec][key]
+        if v and not Path(v).expanduser().is_absolute() and (d / v).exists(): out[sec][key] = str((d / v).resolve())
+    return LLMBindConfig.from_dict(out) if out != cfg.to_dict() else cfg
+
 def _save_pretrained(self, save_directory) -> Path:
     "Write config.json, tokenizer/, model.safetensors (trained weights) and, for random parts, base.safetensors."
     from safetensors.torch import save_file
     d = Path(save_directory); d.mkdir(parents=True, exist_ok=True)
-    self.cfg.save(d / "config.json")
+    (d / "config.json").write_text(json.dumps(_paths_relative_to(self.cfg, d), indent=2) + "\n")
     self.tokenizer.save_pretrained(str(d / "tokenizer"))
     meta = {"format": "llmbind", "train_embeddings": self.cfg.llm.train_embeddings, "new_token_ids": json.dumps(self.new_token_ids)}
     trained = {k: v.detach().contiguous().cpu() for k, v in self._trained_state().items()}
@@ -810,7 +839,13 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
     d = Path(save_directory)
     if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
         raise FileNotFoundError(f"{d} is not an llmbind checkpoint (it needs config.json and model.safetensors from save_pretrained)")
-    cfg = cfg if cfg is not None else LLMBindConfig.from_file(d / "config.json")
+    cfg = _paths_from(cfg if cfg is not None else LLMBindConfig.from_file(d / "config.json"), d)
+    if "chat" not in json.loads((d / "config.json").read_text()):
+        warnings.warn(f"{d} was saved without its chat format (an llmbind model saved before the format was recorded); "
+                      f"assuming the one llmbind trained with until then: system message {LEGACY_CHAT.system!r}, roles "
+                      f"{LEGACY_CHAT.user}/{LEGACY_CHAT.assistant}, image placeholder {LEGACY_CHAT.image}. Save the model again "
+                      "to record it", LegacyFormatWarning, stacklevel=2)
+        cfg = LLMBindConfig.from_dict({**cfg.to_dict(), "chat": LEGACY_CHAT.to_dict()})
     td = d / "tokenizer"                            # never a hub id: a missing folder is an incomplete checkpoint, said as such
     if not td.is_dir() or not any((td / f).is_file() for f in _TOKENIZER_FILES):
         raise FileNotFoundError(f"{d} has no tokenizer ({td} with tokenizer.json or tokenizer.model); the checkpoint folder is "

@@ -19,40 +19,22 @@ from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats
 
 # %% auto #0
-__all__ = ['SYSTEM', 'MAX_SKIPPED_BATCHES', 'with_system', 'ChatCollator', 'task_tokenizer', 'chat_collator', 'sampling_tree',
-           'read_sources', 'SampleCache', 'sample_length', 'BatchPlan', 'BatchReader', 'DataStream', 'build_model',
-           'model_fn', 'data_fn', 'eval_fn', 'stats_fn', 'check_data', 'pipeline_functions']
+__all__ = ['MAX_SKIPPED_BATCHES', 'task_tokenizer', 'chat_collator', 'sampling_tree', 'read_sources', 'SampleCache',
+           'sample_length', 'BatchPlan', 'BatchReader', 'DataStream', 'build_model', 'model_fn', 'data_fn', 'eval_fn',
+           'stats_fn', 'check_data', 'pipeline_functions']
 
 # %% ../nbs/10a_pipeline.ipynb #f65cf75b
-SYSTEM = "A chat."   # the system turn of training: Vicuna's takes 85 tokens of the tiny vocabulary, this one 3
-
-class _Checked(Sample):
-    "A sample that was validated and loaded already, with the system turn in front."
-    def validate(self): return self
-    def load(self): return self
-
-def with_system(s: Sample, system: str = SYSTEM) -> Sample:
-    "`s` validated and loaded, with `system` as its first turn (tokenize_conversation leaves it unsupervised)."
-    s = s.validate().load()
-    return _Checked(**{**s.__dict__, "messages": [{"role": "system", "content": system}] + list(s.messages)})
-
-class ChatCollator(LLMBindCollator):
-    "`LLMBindCollator` that puts the training system turn first in every conversation."
-    def __init__(self, tokenizer, system: str = SYSTEM, **kw):   # kw: LLMBindCollator's options
-        super().__init__(tokenizer, **kw); self.system = system
-    def __call__(self, samples): return super().__call__([with_system(s, self.system) for s in samples])
-
 def task_tokenizer(cfg: LLMBindConfig):
     "The base tokenizer with the task tokens (the same ids as the model's)."
     tok = build_tokenizer(cfg); add_task_tokens(tok)
     tok.model_max_length = 10**9          # the collator truncates by rounds itself; no length warning from the tokenizer
     return tok
 
-def chat_collator(cfg: LLMBindConfig, tokenizer=None, system: str = SYSTEM) -> ChatCollator:
-    "The training collator of `cfg`: SAM inputs, the LLM's length limit, image patches, too-long samples dropped."
-    return ChatCollator(tokenizer if tokenizer is not None else task_tokenizer(cfg), system=system,
-                        sam_image_size=cfg.segment.image_size, max_length=cfg.llm.model_max_length,
-                        image_length=cfg.vision.num_patches, image_size=cfg.vision.image_size, on_too_long="drop")
+def chat_collator(cfg: LLMBindConfig, tokenizer=None) -> LLMBindCollator:
+    "The training collator of `cfg`: its chat format, SAM inputs, the LLM's length limit, image patches, too-long samples dropped."
+    return LLMBindCollator(tokenizer if tokenizer is not None else task_tokenizer(cfg), chat=cfg.chat,
+                           sam_image_size=cfg.segment.image_size, max_length=cfg.llm.model_max_length,
+                           image_length=cfg.vision.num_patches, image_size=cfg.vision.image_size, on_too_long="drop")
 
 # %% ../nbs/10a_pipeline.ipynb #40f78daf
 def _leaf_of(key: str) -> str:
@@ -246,12 +228,11 @@ class DataStream:
                  num_workers: Optional[int] = None,        # reading+collating processes; default cfg.data.num_workers
                  transform: Optional[Callable] = None,     # Sample -> Sample before collating (a module-level function)
                  cache_size: int = 256,                    # loaded samples kept per process
-                 system: str = SYSTEM,                     # the system turn put first
                  reader: Optional[Callable] = None):       # dataset reader (default llmbind.data.read_dataset)
         tree, self.samples = read_sources(cfg, split, seed, mix=mix, data_dir=data_dir, extra=extra, reader=reader)
         self.sampler = MixtureSampler(tree, {k: len(v) for k, v in self.samples.items()}, seed=seed, rank=rank, world_size=world_size)
         self.plan = BatchPlan(self.sampler, self.samples, batch_size or cfg.train.micro_batch_size, group=group, seed=seed)
-        self.read = BatchReader(SampleCache(self.samples, cache_size), chat_collator(cfg, system=system), transform)
+        self.read = BatchReader(SampleCache(self.samples, cache_size), chat_collator(cfg), transform)
         self.num_workers = cfg.data.num_workers if num_workers is None else num_workers
         if self.num_workers < 0: raise ValueError(f"num_workers cannot be negative, got {self.num_workers}")
         self._state, self._it, self._issued, self._states = self.plan.state_dict(), None, 0, {}

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'VICUNA_SYSTEM', 'ROLES', 'VICUNA_CHAT_TEMPLATE',
-           'TaskToken', 'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse',
-           'parse_response', 'format_vicuna', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer', 'add_task_tokens',
-           'tiny_llama', 'train_only_rows', 'train_only_new_token_rows']
+__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'ROLES', 'VICUNA_CHAT_TEMPLATE', 'TaskToken',
+           'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse', 'parse_response',
+           'render_chat', 'format_vicuna', 'chat_template', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer',
+           'add_task_tokens', 'tiny_llama', 'train_only_rows', 'train_only_new_token_rows']
 
 # %% ../nbs/01_tokens.ipynb #1fa54f39
 @dataclass(frozen=True)
@@ -157,34 +157,51 @@ def parse_response(text: str) -> ParsedResponse:
     return ParsedResponse(sorted(calls, key=lambda c: c.span), problems, text)
 
 # %% ../nbs/01_tokens.ipynb #f9f71f47
-VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
-                 "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-ROLES = {"user": "USER", "assistant": "ASSISTANT"}
+from .config import ChatConfig, VICUNA_SYSTEM
+ROLES = {"user": "USER", "assistant": "ASSISTANT"}   # Vicuna v1's role names (ChatConfig's defaults)
 
-def format_vicuna(messages: list[dict], eos: str = "</s>", add_generation_prompt: bool = False) -> str:
-    "Render `[{'role': 'user'|'assistant'|'system', 'content': str}, ...]` in the Vicuna v1 format."
+def render_chat(messages: list[dict],                 # [{'role': 'user'|'assistant'|'system', 'content': str}, ...]
+                chat: Optional[ChatConfig] = None,    # the model's chat format (default: LLaVA's Vicuna v1)
+                eos: str = "</s>",                    # written after every answer
+                add_generation_prompt: bool = False,  # end with the assistant's role name, ready for its answer
+               ) -> str:
+    "Write a conversation in the Vicuna v1 layout of `chat`: `SYSTEM USER: q ASSISTANT: a</s>USER: ...`."
+    chat = chat or ChatConfig()
+    roles = {"user": chat.user, "assistant": chat.assistant}
     msgs = list(messages)
-    system = VICUNA_SYSTEM
-    if msgs and msgs[0].get("role") == "system": system = msgs.pop(0)["content"]
+    system = msgs.pop(0)["content"] if msgs and msgs[0].get("role") == "system" else chat.system
     out = system + " "
     for i, m in enumerate(msgs):
         role = m.get("role")
-        if role not in ROLES: raise ValueError(f"message {i}: role must be 'user' or 'assistant', got {role!r}")
+        if role not in roles: raise ValueError(f"message {i}: role must be 'user' or 'assistant', got {role!r}")
         want = "user" if i % 2 == 0 else "assistant"
         if role != want: raise ValueError(f"message {i}: expected a {want} turn (turns must alternate, starting with the user)")
         if not isinstance(m.get("content"), str): raise ValueError(f"message {i}: content must be a string")
-        out += f"{ROLES[role]}: {m['content']}" + (" " if role == "user" else eos)
+        out += f"{roles[role]}: {m['content']}" + (" " if role == "user" else eos)
     if add_generation_prompt:
         if msgs and msgs[-1]["role"] != "user": raise ValueError("add_generation_prompt needs the last turn to be the user's")
-        out += "ASSISTANT:"
+        out += f"{chat.assistant}:"
     return out
 
-VICUNA_CHAT_TEMPLATE = (
-    "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}{% set msgs = messages[1:] %}"
-    "{% else %}{% set system = '" + VICUNA_SYSTEM.replace("'", "\\'") + "' %}{% set msgs = messages %}{% endif %}"
-    "{{ system + ' ' }}{% for m in msgs %}{% if m['role'] == 'user' %}{{ 'USER: ' + m['content'] + ' ' }}"
-    "{% else %}{{ 'ASSISTANT: ' + m['content'] + eos_token }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}")
+def format_vicuna(messages: list[dict], eos: str = "</s>", add_generation_prompt: bool = False) -> str:
+    "`render_chat` in LLaVA's own format (Vicuna's system message and roles)."
+    return render_chat(messages, ChatConfig(), eos, add_generation_prompt)
+
+def _jinja_str(s: str) -> str:
+    "A Jinja string literal of `s` (Jinja decodes the same backslash escapes as JSON writes)."
+    return json.dumps(s, ensure_ascii=False)
+
+def chat_template(chat: Optional[ChatConfig] = None) -> str:
+    "The Jinja chat template (for `tokenizer.apply_chat_template`) that writes what `render_chat(..., chat)` writes."
+    chat = chat or ChatConfig()
+    u, a = _jinja_str(chat.user + ": "), _jinja_str(chat.assistant + ": ")
+    return ("{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+            "{% set msgs = messages[1:] %}{% else %}{% set system = " + _jinja_str(chat.system) + " %}{% set msgs = messages %}"
+            "{% endif %}{{ system + ' ' }}{% for m in msgs %}{% if m['role'] == 'user' %}{{ " + u + " + m['content'] + ' ' }}"
+            "{% else %}{{ " + a + " + m['content'] + eos_token }}{% endif %}{% endfor %}"
+            "{% if add_generation_prompt %}{{ " + _jinja_str(chat.assistant + ":") + " }}{% endif %}")
+
+VICUNA_CHAT_TEMPLATE = chat_template()
 
 # %% ../nbs/01_tokens.ipynb #d50da556
 _WORDS = """a an the and or of in on at to with from by for is are was be it this that these those there here

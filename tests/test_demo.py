@@ -1,5 +1,5 @@
 """Smoke test of `llmbind demo`: a tiny world, a few steps of both stages (stage B on 2 DeepSpeed CPU ranks), a short evaluation, the report."""
-import json
+import json, shutil
 import pytest
 from llmbind.cli import UserError, main as cli_main
 from llmbind.demo import demo_command
@@ -9,21 +9,37 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     rc = cli_main(["demo", "--out", str(out), "--quick", "--steps-a", "3", "--copy-steps", "2", "--steps-b", "3"])
     assert rc == 0
     r = json.loads((out / "report.json").read_text())
-    for k in ("dispatch_accuracy", "prompt_exact_match", "referring_ciou", "seg_false_positive_vqa"):
-        assert k in r["metrics"] and k in r["metrics_pairs"]                # the test split, and its pairs in training phrasings
-    assert set(r["met"]) == set(r["met_pairs"]) and r["config"]["llm"]["tokenizer_path"] == str((out / "tokenizer").resolve())
+    sets = r["evaluation"]["sets"]
+    assert set(sets) == {"test", "pairs"}                                   # the test split, and its pairs in training phrasings
+    for rep in sets.values():
+        for k in ("dispatch_accuracy", "prompt_exact_match", "seg_false_positive_rate", "chat_no_tag_rate", "confusion", "segmentation"):
+            assert k in rep and k in rep["first_turns"] and k in rep["free_running"]
+    assert [t["target"] for t in r["targets"]] == ["dispatch_accuracy", "prompt_exact_match", "referring_ciou",
+                                                   "seg_false_positive_rate", "chat_no_tag_rate", "wall_time_s"]
+    assert r["config"]["llm"]["tokenizer_path"] == str((out / "tokenizer").resolve())
+    saved = json.loads((out / "model" / "config.json").read_text())
+    assert saved["chat"]["system"] == "A chat." and saved["llm"]["pretrained_path"] == "../stage_a/llm"    # relocatable
     assert json.loads((out / "data_pairs" / "index.json").read_text())["templates"] == "train"
     assert r["stage_a"]["steps"] == 5 and r["stage_a"]["copy_steps"] == 2 and r["stage_b"]["step"] == 3
     last = json.loads((out / "stage_a" / "metrics.jsonl").read_text().splitlines()[-1])   # 2 copy steps, then the mixture
     assert last["phase"] == "mixture" and last["step"] == 5 and r["stage_b"]["world_size"] == 2
     for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json",
-              "tokenizer/tokenizer.json", "eval_rows_pairs.jsonl", "model/config.json", "model/tokenizer/tokenizer.json"):
+              "tokenizer/tokenizer.json", "eval_records_pairs.jsonl", "model/config.json", "confusion.png", "model/tokenizer/tokenizer.json"):
         assert (out / f).is_file(), f
     recs = [json.loads(l) for l in (out / "stage_b" / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in recs if x["kind"] == "train"]
     assert train and any(k.startswith("routing/L0.") for k in train[-1]) and any(k.startswith("loss/ar/") for k in train[-1])
     printed = capsys.readouterr().out
-    assert "test split (unseen pairs and phrasings): dispatch" in printed and "unseen pairs, training phrasings: dispatch" in printed
+    assert "test split (unseen pairs and phrasings), all turns: dispatch" in printed
+    assert "unseen pairs, training phrasings, first turns: dispatch" in printed
+    # `llmbind eval --run` repeats the demo's own evaluation and gets report.json's numbers exactly, even with the run moved
+    moved = tmp_path / "moved"; shutil.move(out, moved)
+    capsys.readouterr()
+    assert cli_main(["eval", "--run", str(moved), "--quiet"]) == 0
+    again = json.loads((moved / "eval.json").read_text())
+    assert again["sets"] == sets
+    assert "the same numbers as report.json" in capsys.readouterr().out
+    shutil.move(moved, out)
     # `llmbind train` trains the real model on the demo's world and base: its stage-B config, other settings
     more = tmp_path / "more"
     assert cli_main(["train", "--config", str(out / "stage_b" / "config.json"), "--steps", "2", "--nproc", "1",
