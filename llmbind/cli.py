@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("llmbind.demo", "demo_command", "the tiny end-to-end job on CPU: data, training, evaluation, report"),
     "chat": ("llmbind.agent", "chat_command", "chat with a model (REPL or one-shot); artifacts saved to a folder"),
     "eval": ("llmbind.evaluate", "eval_command", "evaluate a run folder and write a JSON report"),
-    "bench": ("llmbind.kernels", "bench_command", "benchmark the LoRA-MoE implementations"),
+    "bench": ("llmbind.bench", "bench_command", "benchmark the LoRA-MoE implementations"),
 }
 
 def _resolve(name: str):

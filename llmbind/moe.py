@@ -11,23 +11,11 @@ from torch import nn
 import torch.nn.functional as F
 from .config import MoEConfig, ConfigError
 from . import kernels
+from .kernels import route
 
 # %% auto #0
-__all__ = ['route', 'LoRAMoEMergeError', 'LoRAMoELinear', 'inject_lora_moe', 'lora_moe_layers', 'load_balancing_loss',
-           'moe_aux_loss', 'RoutingStats', 'routing_stats', 'count_parameters', 'parameter_table', 'bench_lora_moe']
-
-# %% ../nbs/02_lora_moe.ipynb #57567d24
-def route(logits: torch.Tensor,     # (T, N) router logits x W_g
-          top_k: int,               # experts per token
-          renormalize: bool = True, # rescale the k kept probabilities to sum to 1 (convention (a))
-         ) -> tuple[torch.Tensor, torch.Tensor]:  # weights (T, k), experts (T, k)
-    "Top-k routing of Eq. 4/6: softmax over all experts, keep the k largest, renormalise them."
-    N = logits.shape[-1]
-    if not 1 <= top_k <= N: raise ValueError(f"top_k={top_k} is impossible with {N} experts (need 1 <= top_k <= {N})")
-    probs = logits.softmax(-1, dtype=torch.promote_types(logits.dtype, torch.float32))   # (T, N)  G(x), Eq. 4
-    weights, experts = probs.topk(top_k, dim=-1)         # (T, k)
-    if renormalize: weights = weights / weights.sum(-1, keepdim=True)
-    return weights.to(logits.dtype), experts
+__all__ = ['LoRAMoEMergeError', 'LoRAMoELinear', 'inject_lora_moe', 'lora_moe_layers', 'load_balancing_loss', 'moe_aux_loss',
+           'RoutingStats', 'routing_stats', 'count_parameters', 'parameter_table']
 
 # %% ../nbs/02_lora_moe.ipynb #6a17a604
 class LoRAMoEMergeError(RuntimeError):
@@ -265,88 +253,3 @@ def parameter_table(model: nn.Module):
         r = rows.setdefault(key, dict(tensors=0, parameters=0, trainable=0))
         r["tensors"] += 1; r["parameters"] += p.numel(); r["trainable"] += p.numel() if p.requires_grad else 0
     return pd.DataFrame.from_dict(rows, orient="index")
-
-# %% ../nbs/02_lora_moe.ipynb #ebe77f3e
-class _ZeroBase(nn.Module):
-    "Stand-in for the base Linear when timing the adapter alone: returns zeros of the output shape."
-    def __init__(self, out_features: int):
-        super().__init__(); self.out_features = out_features
-    def forward(self, x): return x.new_zeros(x.shape[0], self.out_features)
-
-def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
-                   tokens: int = 512,                       # T
-                   impls: tuple = ("loop", "dense"),        # implementations to time besides the base Linear
-                   num_experts: int = 4, top_k: int = 2, r: int = 8, lora_alpha: float = 16,
-                   dtype=torch.float32, device="cpu",
-                   rounds: int = 7,                         # paired rounds (medians over these)
-                   threads: Optional[int] = None,           # torch CPU threads for the run (None: leave as is)
-                   adapter_only: bool = True,               # also time each layer with its base matmul removed
-                   passes: tuple = ("forward (no grad)", "forward", "forward+backward"),  # which passes to time
-                   repeat: Optional[int] = None,            # calls per timing (None: 10 on a GPU, where one call is
-                                                            # microseconds and launch-bound, else 1); times are per call
-                   peft_lora: bool = True,                  # also time plain LoRA (PEFT's lora.Linear, rank r, no experts)
-                   seed: int = 0):
-    "Median wall times (ms) and per-round ratios (wall and CPU time) to the frozen base Linear, per pass."
-    import pandas as pd
-    old_threads = torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        torch.manual_seed(seed)
-        base = nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
-        layers = {}
-        for impl in impls:
-            l = LoRAMoELinear(base, num_experts, top_k, r, lora_alpha, impl=impl)
-            with torch.no_grad(): l.lora_B.normal_(std=0.01)
-            layers[impl] = l
-        x = torch.randn(tokens, d_in, device=device, dtype=dtype, requires_grad=True)
-        gout = torch.randn(tokens, d_out, device=device, dtype=dtype)
-        on_gpu = str(device).startswith("cuda")
-        sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-        n = repeat or (10 if on_gpu else 1)
-        mods = {"base Linear": base}
-        if peft_lora:                                # the cost people already accept: one rank-r LoRA, no router
-            from peft import LoraConfig
-            from peft.tuners.lora.layer import Linear as PeftLoraLinear
-            lora = PeftLoraLinear(base, "default", config=LoraConfig(r=r, lora_alpha=lora_alpha), r=r, lora_alpha=lora_alpha)
-            with torch.no_grad(): lora.lora_B["default"].weight.normal_(std=0.01)
-            mods[f"plain LoRA r={r} (PEFT)"] = lora
-        mods.update({f"LoRA-MoE {k}": v for k, v in layers.items()})
-        if adapter_only:
-            for impl in impls:
-                l = LoRAMoELinear(base, num_experts, top_k, r, lora_alpha, impl=impl)
-                l.base_layer = _ZeroBase(d_out)      # router + routing + experts, added into a zero tensor
-                mods[f"adapter only: {impl}"] = l
-        def fwd(m):
-            def f():
-                with torch.no_grad():
-                    for _ in range(n): m(x)
-                sync()
-            return f
-        def fwd_train(m):
-            def f():
-                for _ in range(n): m(x)
-                sync()
-            return f
-        def fwd_bwd(m):
-            params = [p for p in m.parameters() if p.requires_grad]
-            def f():
-                for _ in range(n):
-                    x.grad = None
-                    for p in params: p.grad = None
-                    m(x).backward(gout)
-                sync()
-            return f
-        makers = {"forward (no grad)": fwd, "forward": fwd_train, "forward+backward": fwd_bwd}
-        unknown = set(passes) - set(makers)
-        if unknown: raise ValueError(f"unknown passes {sorted(unknown)} (choose from {list(makers)})")
-        res = {}
-        for label in passes:
-            make = makers[label]
-            df = kernels.time_paired({k: make(m) for k, m in mods.items()}, baseline="base Linear", rounds=rounds)
-            res[(label, "ms")] = (df["median_ms"] / n).round(4 if on_gpu else 1)
-            res[(label, "x base")] = df["ratio"].round(3)
-            res[(label, "x base (min)")] = df["min_ratio"].round(3)
-            res[(label, "x base (CPU time)")] = df["cpu_ratio"].round(3)
-        return pd.DataFrame(res)
-    finally:
-        torch.set_num_threads(old_threads)

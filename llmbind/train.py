@@ -1096,22 +1096,8 @@ def pipeline_for(cfg: LLMBindConfig) -> dict[str, Optional[Callable]]:
     "The model, data, evaluation and statistics functions a config trains with (module-level callables `launch` can name)."
     if cfg.preset == "tiny" and cfg.data.data_dir is None:   # no data named: the stand-in (seconds per run; the machinery's tests)
         return {"model_fn": standin_model, "data_fn": standin_data, "eval_fn": standin_eval, "stats_fn": None}
-    try: pipeline = importlib.import_module("llmbind.pipeline")
-    except ModuleNotFoundError as e:
-        if e.name != "llmbind.pipeline": raise
-        return _without_pipeline(cfg)
-    return pipeline.pipeline_functions(cfg)
-
-def _without_pipeline(cfg: LLMBindConfig) -> dict[str, Optional[str]]:
-    "An installation without llmbind.pipeline: a shapes world trains with the demo's functions; nothing else can train."
-    if cfg.data.datasets or cfg.data.data_dir is None:
-        raise ConfigError(f"preset '{cfg.preset}': training on the real datasets needs llmbind.pipeline, which this installation "
-                          f"lacks (update llmbind)")
-    if not (Path(cfg.data.data_dir).expanduser() / "index.json").is_file():
-        raise ConfigError(f"data.data_dir {cfg.data.data_dir} holds no shapes world (no index.json); `llmbind demo` "
-                          f"writes one (RUN/data), so does llmbind.synthetic.ensure_shapes_world")
-    return {"model_fn": "llmbind.demo:model_fn", "data_fn": "llmbind.demo:data_fn",
-            "eval_fn": "llmbind.demo:eval_fn", "stats_fn": "llmbind.demo:stats_fn"}
+    from llmbind.pipeline import pipeline_functions      # imported when needed: the model stack is heavy to import
+    return pipeline_functions(cfg)
 
 _RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every", "train.output_dir"}
 

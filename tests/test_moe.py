@@ -10,8 +10,9 @@ from torch import nn
 
 from llmbind import kernels
 from llmbind.config import LLMBindConfig, MoEConfig
+from llmbind.kernels import route
 from llmbind.moe import (LoRAMoELinear, inject_lora_moe, lora_moe_layers, load_balancing_loss, moe_aux_loss,
-                         routing_stats, count_parameters, route)
+                         routing_stats, count_parameters)
 from llmbind.tokens import tiny_llama
 
 torch.set_num_threads(1)

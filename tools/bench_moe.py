@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark the LoRA-MoE layer against the frozen nn.Linear it wraps, and print a markdown table.
 
-The same as `llmbind bench` (llmbind.kernels.bench_command). For each shape and implementation:
+The same as `llmbind bench` (llmbind.bench.bench_command). For each shape and implementation:
 forward without autograd, forward with autograd, and forward + backward (input requires grad, only
 the adapters are trainable). Every round runs all contenders in shuffled order; the table shows
 median wall times and the median of the per-round ratios to the base Linear; for forward + backward
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # the llmbind of this checkout, not another install
-from llmbind.kernels import bench_command
+from llmbind.bench import bench_command
 
 
 def bench_decoder_layer(hidden: int, intermediate: int, tokens: int, impls: list[str], device: str = "cpu",
@@ -33,7 +33,7 @@ def bench_decoder_layer(hidden: int, intermediate: int, tokens: int, impls: list
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
     from llmbind.config import MoEConfig
-    from llmbind.kernels import time_paired
+    from llmbind.bench import time_paired
     from llmbind.moe import LoRAMoELinear
     torch.manual_seed(seed)
     dt = getattr(torch, dtype)
@@ -78,7 +78,7 @@ def bench_decoder_layer(hidden: int, intermediate: int, tokens: int, impls: list
 def main(argv) -> int:
     if "--decoder-layer" not in argv: return bench_command(argv)
     import argparse, os, torch
-    from llmbind.kernels import _machine_info, _markdown
+    from llmbind.bench import _machine_info, _markdown
     ap = argparse.ArgumentParser(prog="bench_moe.py --decoder-layer")
     ap.add_argument("--decoder-layer", required=True, help="HIDDENxINTERMEDIATE, e.g. 4096x11008 (7B) or 1024x2816")
     ap.add_argument("--tokens", type=int, default=256)

@@ -92,7 +92,7 @@ def part_kernels():
 
 
 def part_bench():
-    from llmbind.kernels import bench_command
+    from llmbind.bench import bench_command
     say("### Layer benchmark, bf16, 512 and 4096 tokens, and decoding (1 and 8 tokens, forward without grad)")
     say()
     f = Path(tempfile.mkstemp(suffix=".md")[1])
@@ -108,7 +108,7 @@ def part_fused_compile():
     import torch
     from torch import nn
     from llmbind.moe import LoRAMoELinear
-    from llmbind.kernels import time_paired
+    from llmbind.bench import time_paired
     d_in, d_out, T = (4096, 11008, 512) if DEV == "cuda" else (64, 96, 16)
     dt = torch.bfloat16
     torch.manual_seed(0)
