@@ -22,11 +22,13 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'HPOS', 'VPOS', 'CORNERS', 'SPLITS', 'P
            'KIND_CLUES', 'COLOUR_CLUES', 'EXTREME_CLUES', 'TONES', 'GEN_REQUESTS', 'NEW_GEN_FOLLOWUPS', 'EDIT_REQUESTS',
            'MOVES', 'SOUNDS', 'PLACES', 'AUDIO_REQUESTS', 'AUDIO_FOLLOWUPS', 'MOTIONS', 'VIDEO_REQUESTS',
            'VIDEO_FOLLOWUPS', 'CHAT_TURNS', 'GEN_ANSWERS', 'EDIT_ANSWERS', 'AUDIO_ANSWERS', 'VIDEO_ANSWERS',
-           'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'LEAVES', 'INDEX_VERSION',
-           'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split', 'template_split',
-           'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene', 'position_phrase', 'plural',
-           'article', 'noun_phrase', 'describe_shape', 'describe_scene', 'referring_phrases', 'parse_description',
-           'render_description', 'seg_question_args', 'make_vqa', 'make_semantic', 'make_referring', 'make_reasoning',
+           'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'PHRASINGS', 'PHRASE_PARTS',
+           'PHRASE_FRAMES', 'CHAT_ANSWERS', 'SPACE_BANK_SIZE', 'LEAVES', 'INDEX_VERSION', 'Shape', 'shape_polygon',
+           'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split', 'template_split', 'split_templates',
+           'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene', 'position_phrase', 'plural', 'article',
+           'noun_phrase', 'describe_shape', 'describe_scene', 'referring_phrases', 'parse_description',
+           'render_description', 'seg_question_args', 'compose_request', 'phrasing_space_size', 'held_out_families',
+           'phrasing_leaks', 'phrasing_bank', 'make_vqa', 'make_semantic', 'make_referring', 'make_reasoning',
            'make_det', 'make_cls', 'make_image_gen', 'make_image_edit', 'make_audio', 'make_video', 'leaf_task',
            'ShapesWorld', 'resolve_sizes', 'write_shapes_world', 'load_shapes_world', 'ensure_shapes_world',
            'tree_digest', 'user_templates', 'template_splits_of']
@@ -468,19 +470,389 @@ LONG_SEG_QUESTIONS = ("{sent} Please answer with a segmentation mask.", "{sent} 
                       "{sent} Outline it with a mask.", "{sent} Answer by segmenting it.", "{sent} Please output its mask.")
 SEG_BANKS = {"seg/semantic": {"questions": SEMANTIC_SEG_QUESTIONS}, "seg/referring": {"questions": SEG_QUESTIONS},
              "seg/reasoning": {"questions": SEG_QUESTIONS, "long_questions": LONG_SEG_QUESTIONS}}
+_SEG_SPACES = {"seg/semantic": {"questions": "seg/semantic"}, "seg/referring": {"questions": "seg"},
+               "seg/reasoning": {"questions": "seg", "long_questions": "seg/long"}}   # their tasks in the phrasing space
 
-def seg_question_args(leaf: str,   # 'seg/semantic', 'seg/referring' or 'seg/reasoning'
-                      split: str,  # train, val or test
+def seg_question_args(leaf: str,                  # 'seg/semantic', 'seg/referring' or 'seg/reasoning'
+                      split: str,                 # train, val or test
+                      phrasing: str = "templates",  # 'templates': the banks above; 'space': wordings composed from the phrasing space
+                      seed: int = 0,              # picks the composed wordings (phrasing 'space' only)
                      ) -> dict:
     "The reader's question-bank arguments for a segmentation leaf and split, e.g. {'questions': [...]}."
     _check_split(split)
     if leaf not in SEG_BANKS: raise KeyError(f"{leaf!r} is not a segmentation leaf (use one of {', '.join(SEG_BANKS)})")
+    if phrasing == "space": return {k: phrasing_bank(task, split, seed=seed) for k, task in _SEG_SPACES[leaf].items()}
+    if phrasing != "templates": raise ValueError(f"unknown phrasing {phrasing!r} (use 'templates' or 'space')")
     return {k: split_templates(bank, split) for k, bank in SEG_BANKS[leaf].items()}
+
+# %% ../nbs/09_synthetic.ipynb #phb8c3bf
+PHRASINGS = ("templates", "space")     # where user requests come from: the template banks above, or the phrasing space below
+
+def _parts(train, val, test) -> dict:
+    return {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
+
+PHRASE_PARTS = {   # family -> the parts of each split; a family whose training parts include "" is optional
+    "open": _parts(("", "Hi, ", "Hello! ", "Hey, ", "Hi there! ", "Good morning! ", "Ok so ", "So, ", "Alright, ", "Right, ", "Okay, ",
+                    "Hmm, ", "Oh, and ", "By the way, ", "One more thing: "),
+                   ("Good evening! ", "Howdy! ", "Quick one: ", "Um, "), ("Good afternoon, ", "Greetings! ", "Yo, ", "Listen, ")),
+    "pl": _parts(("", ", please", " please", ", if that's ok"), (", if you don't mind", " when you have a moment"),
+                 (", if possible", " when you get a chance")),
+    "tail": _parts(("", " Thanks!", " Thank you!", " Thanks a lot!", " Thank you so much!", " Great, thanks!"), (" Cheers!", " Much appreciated!"), (" Many thanks!", " Appreciate it!")),
+    "greet": _parts(("Hi", "Hello", "Hey", "Good morning"), ("Good evening", "Howdy"), ("Good afternoon", "Greetings")),
+    "thanks": _parts(("Thanks", "Thank you", "Thank you so much", "Thanks a lot"), ("Cheers", "Much appreciated"), ("Many thanks", "Appreciate it")),
+    "appraisal": _parts(("that looks great", "nice work", "I like it", "perfect"), ("love it", "lovely"), ("brilliant", "exactly right")),
+    "gen_verb": _parts(("draw", "paint", "create", "generate", "make", "produce", "design"), ("doodle", "craft"), ("sketch", "render")),
+    "image_obj": _parts(("a picture", "an image", "a drawing", "a painting"), ("an illustration", "a pic"), ("a graphic", "a visual")),
+    "ctx_image": _parts(("", " for my slides", " for a poster", " for my notes", " for a birthday card"),
+                        (" for my blog", " for a school project"), (" for a flyer", " for my website")),
+    "recolour_verb": _parts(("make", "turn", "paint", "colour"), ("recolour", "dye"), ("tint", "recolor")),
+    "move_verb": _parts(("move", "shift", "put", "place"), ("drag", "reposition"), ("nudge", "push")),
+    "degree": _parts(("", " a bit", " a little"), (" slightly",), (" somewhat", " a touch")),
+    "add_verb": _parts(("add", "include", "put in"), ("insert",), ("throw in", "slip in")),
+    "also": _parts(("", " as well", " too"), (" in addition",), (" while you're at it",)),
+    "remove_verb": _parts(("remove", "delete", "take out", "get rid of"), ("erase", "drop"), ("ditch", "lose")),
+    "audio_verb": _parts(("play", "generate", "make", "produce", "create"), ("compose", "craft"), ("synthesize", "render")),
+    "audio_obj": _parts(("a recording", "a sound clip", "an audio clip", "a sound"), ("an audio track", "a sound effect"),
+                        ("a soundscape", "an audio snippet")),
+    "video_verb": _parts(("make", "create", "produce", "generate", "show"), ("film", "shoot"), ("render", "assemble")),
+    "video_obj": _parts(("a video", "a clip", "an animation", "a short clip"), ("a movie", "an animated clip"), ("a cartoon", "a reel")),
+    "colour_word": _parts(("colour", "color"), ("hue",), ("shade",)),
+    "shape_word": _parts(("shape", "form"), ("kind of shape",), ("sort of shape",)),
+    "image_noun": _parts(("image", "picture"), ("pic",), ("photo",)),
+    "det_verb": _parts(("detect", "locate", "find"), ("spot",), ("pinpoint",)),
+    "box_word": _parts(("a bounding box", "a box"), ("a rectangle",), ("a bbox",)),
+    "cls_verb": _parts(("classify", "label"), ("categorise",), ("categorize",)),
+    "class_word": _parts(("class", "category"), ("class label",), ("category label",)),
+    "thing": _parts(("shape", "object"), ("element",), ("item",)),
+    "seg_verb": _parts(("segment", "mask", "cut out"), ("mask out", "trace"), ("isolate", "highlight")),
+    "mask_word": _parts(("a mask", "a segmentation mask"), ("a pixel mask",), ("a binary mask",)),
+}
+_PART_SPLIT = {(f, t): s for f, by in PHRASE_PARTS.items() for s, ts in by.items() for t in ts}
+
+# %% ../nbs/09_synthetic.ipynb #ph7b4863
+def _frames(train, val, test) -> dict:
+    "Frames of one task by split; each frame is (kind, template) and a template names its slots by family."
+    return {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
+
+PHRASE_FRAMES = {
+    "gen": _frames((("imperative", "{open}{gen_verb} {x}{ctx_image}{pl}.{tail}"),
+                    ("imperative", "{open}{gen_verb} me {image_obj} of {x}{ctx_image}{pl}.{tail}"),
+                    ("question", "{open}could you {gen_verb} {x}{ctx_image}{pl}?{tail}"),
+                    ("question", "{open}can you {gen_verb} me {image_obj} of {x}{ctx_image}?{tail}"),
+                    ("wish", "{open}I'd love {image_obj} of {x}{ctx_image}{pl}.{tail}"),
+                    ("wish", "{open}I'd like you to {gen_verb} {x}{ctx_image}.{tail}"),
+                    ("need", "{open}I need {image_obj} of {x}{ctx_image}.{tail}"),
+                    ("indirect", "{open}do you think you could {gen_verb} {x}{ctx_image}?{tail}"),
+                    ("object first", "{open}{image_obj} of {x}{ctx_image}{pl}.{tail}"),
+                    ("content first", "{open}here's an idea: {x}. Can you {gen_verb} it{ctx_image}?{tail}")),
+                   (("indirect", "{open}I was wondering if you could {gen_verb} {x}{ctx_image}.{tail}"),
+                    ("wish", "{open}it would be great to have {image_obj} of {x}{ctx_image}.{tail}"),
+                    ("question", "{open}would you {gen_verb} {image_obj} of {x} for me?{tail}"),
+                    ("need", "{open}I'm after {image_obj} of {x}{ctx_image}.{tail}")),
+                   (("indirect", "{open}any chance you could {gen_verb} {x}{ctx_image}?{tail}"),
+                    ("need", "{open}I'm looking for {image_obj} showing {x}{ctx_image}.{tail}"),
+                    ("content first", "{open}{x}: {gen_verb} that{pl}.{tail}"),
+                    ("question", "{open}how about {image_obj} of {x}{ctx_image}?{tail}"))),
+    "gen/new": _frames((("imperative", "{open}now {gen_verb} {x} instead{pl}.{tail}"), ("question", "{open}can you start over with {x}?{tail}"),
+                        ("imperative", "{open}let's try something else: {x}.{tail}"),
+                        ("imperative", "{open}next, {gen_verb} me {image_obj} of {x}.{tail}"),
+                        ("wish", "{open}forget that one; I want {image_obj} of {x}.{tail}")),
+                       (("imperative", "{open}new idea: {gen_verb} {x}{pl}.{tail}"), ("imperative", "{open}scrap that and {gen_verb} {x} instead.{tail}")),
+                       (("object first", "{open}on to the next one: {image_obj} of {x}{pl}.{tail}"),
+                        ("wish", "{open}I'd rather have a fresh one with {x}.{tail}"))),
+}
+
+# %% ../nbs/09_synthetic.ipynb #phab372e
+_SLOT_RE = re.compile(r"\{([a-z_]+)\}")
+_OPTIONAL_P = 0.5          # chance that an optional slot (one whose training parts include "") stays empty
+
+def _slots(template: str) -> list[str]:
+    return list(dict.fromkeys(f for f in _SLOT_RE.findall(template) if f in PHRASE_PARTS))
+
+def _members(family: str, splits: Sequence[str]) -> list[str]:
+    return [t for s in splits for t in PHRASE_PARTS[family][s]]
+
+def _sentence_case(s: str) -> str:
+    s = s[:1].upper() + s[1:]
+    return re.sub(r"([.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), s)
+
+@functools.lru_cache(maxsize=None)
+def _frame_weights(task: str, split: str) -> tuple[list, list]:
+    "The frames a split may use, weighted by the square root of the wordings each can make (big frames are drawn more often)."
+    splits = ("train",) if split == "train" else ("train", split)
+    frames = [(k, t, s) for s in splits for k, t in PHRASE_FRAMES[task][s]]
+    return frames, [math.prod(len(_members(f, splits)) for f in _slots(t)) ** 0.5 for _, t, _ in frames]
+
+def compose_request(task: str,             # a key of PHRASE_FRAMES, e.g. 'gen', 'edit/move', 'vqa/colour', 'chat'
+                    split: str,            # train: training parts only; val/test: training parts and at least one of the split's own
+                    rng: random.Random,
+                   ) -> tuple[str, str, list]:
+    "(template, kind, labels): one wording of a request; content placeholders ({x}, {np}...) stay; labels are (family, part, split)."
+    _check_split(split)
+    if task not in PHRASE_FRAMES: raise KeyError(f"no phrasing space for {task!r} (known: {', '.join(PHRASE_FRAMES)})")
+    frames, splits = PHRASE_FRAMES[task], ("train",) if split == "train" else ("train", split)
+    kind, t, fsplit = rng.choices(*_frame_weights(task, split))[0]
+    forced = None
+    if fsplit != split:                                  # a training frame in val/test: one slot takes a part of the split
+        held = [f for f in _slots(t) if PHRASE_PARTS[f][split]]
+        if held: forced = rng.choice(held)
+        else: (kind, t), fsplit = rng.choice(frames[split]), split
+    fill, labels = {}, [(f"{task}/frame", t, fsplit)]
+    for f in _slots(t):
+        if f == forced: part = rng.choice(PHRASE_PARTS[f][split])
+        else:
+            pool = _members(f, splits)
+            part = "" if "" in pool and rng.random() < _OPTIONAL_P else rng.choice([p for p in pool if p])
+        fill[f] = part
+        if part: labels.append((f, part, _PART_SPLIT[f, part]))
+    return _sentence_case(_SLOT_RE.sub(lambda m: fill.get(m.group(1), m.group(0)), t)), kind, labels
+
+# %% ../nbs/09_synthetic.ipynb #ph588ff7
+PHRASE_FRAMES.update({
+    "edit/recolour": _frames((("imperative", "{open}{recolour_verb} the {target} {colour}{pl}.{tail}"),
+                              ("question", "{open}could you {recolour_verb} the {target} {colour}?{tail}"),
+                              ("imperative", "{open}change the colour of the {target} to {colour}{pl}.{tail}"),
+                              ("wish", "{open}I'd prefer the {target} in {colour}.{tail}"), ("question", "{open}what if the {target} were {colour}?{tail}")),
+                             (("indirect", "{open}I think the {target} would look better in {colour}.{tail}"),
+                              ("question", "{open}can we have the {target} in {colour} instead?{tail}")),
+                             (("wish", "{open}let's see the {target} in {colour}.{tail}"),
+                              ("imperative", "{open}swap the {target}'s colour for {colour}{pl}.{tail}"))),
+    "edit/move": _frames((("imperative", "{open}{move_verb} the {target} {dest}{pl}.{tail}"),
+                          ("question", "{open}could you {move_verb} the {target} {dest}?{tail}"),
+                          ("wish", "{open}I'd like the {target} {dest}{pl}.{tail}"), ("question", "{open}can the {target} go {dest}?{tail}")),
+                         (("question", "{open}what would it look like with the {target} moved {dest}?{tail}"),
+                          ("indirect", "{open}I think the {target} belongs {dest}.{tail}")),
+                         (("question", "{open}how about the {target} {dest}?{tail}"), ("imperative", "{open}relocate the {target} {dest}{pl}.{tail}"))),
+    "edit/resize": _frames((("imperative", "{open}make the {target}{degree} {change}{pl}.{tail}"),
+                            ("question", "{open}could you make the {target}{degree} {change}?{tail}"),
+                            ("wish", "{open}I want the {target}{degree} {change}.{tail}"), ("question", "{open}can the {target} be{degree} {change}?{tail}")),
+                           (("indirect", "{open}I think the {target} should be{degree} {change}.{tail}"),
+                            ("need", "{open}the {target} needs to be{degree} {change}.{tail}")),
+                           (("imperative", "{open}try the {target}{degree} {change}{pl}.{tail}"),
+                            ("wish", "{open}let's have the {target}{degree} {change}.{tail}"))),
+    "edit/add": _frames((("imperative", "{open}{add_verb} {x}{also}{pl}.{tail}"), ("question", "{open}could you also add {x}?{tail}"),
+                         ("wish", "{open}I'd like {x} as well.{tail}"), ("question", "{open}can you {add_verb} {x}{also}?{tail}")),
+                        (("question", "{open}what if there was also {x}?{tail}"), ("need", "{open}the picture needs {x}{also}.{tail}")),
+                        (("indirect", "{open}there should also be {x}.{tail}"), ("imperative", "{open}squeeze in {x}{also}{pl}.{tail}"))),
+    "edit/remove": _frames((("imperative", "{open}{remove_verb} the {target}{pl}.{tail}"),
+                            ("question", "{open}could you {remove_verb} the {target}?{tail}"),
+                            ("wish", "{open}I don't want the {target} in the {image_noun} anymore.{tail}"),
+                            ("question", "{open}what would it look like without the {target}?{tail}")),
+                           (("need", "{open}the {target} has to go{pl}.{tail}"), ("question", "{open}can we do without the {target}?{tail}")),
+                           (("imperative", "{open}leave out the {target}{pl}.{tail}"), ("wish", "{open}I'd rather not have the {target}.{tail}"))),
+})
+
+# %% ../nbs/09_synthetic.ipynb #pha97b06
+PHRASE_FRAMES.update({
+    "audio": _frames((("imperative", "{open}{audio_verb} me {audio_obj} of {x}{pl}.{tail}"),
+                      ("question", "{open}could you {audio_verb} the sound of {x}?{tail}"), ("wish", "{open}I'd like to hear {x}{pl}.{tail}"),
+                      ("question", "{open}what does {x} sound like?{tail}"), ("question", "{open}can I hear {x}{pl}?{tail}"),
+                      ("object first", "{open}{audio_obj} of {x}{pl}.{tail}")),
+                     (("indirect", "{open}I was wondering what {x} sounds like.{tail}"), ("imperative", "{open}let me hear {x}{pl}.{tail}")),
+                     (("indirect", "{open}I'm curious how {x} would sound.{tail}"), ("question", "{open}any chance of {audio_obj} of {x}?{tail}"))),
+    "audio/followup": _frames((("imperative", "{open}now make it sound {place} instead{pl}.{tail}"),
+                               ("question", "{open}can you move the sound {place}{pl}?{tail}"),
+                               ("question", "{open}what would it sound like {place}?{tail}"), ("imperative", "{open}put it {place} this time{pl}.{tail}")),
+                              (("wish", "{open}I'd rather hear it {place}.{tail}"), ("imperative", "{open}same sound, but {place}{pl}.{tail}")),
+                              (("imperative", "{open}try it {place}{pl}.{tail}"), ("question", "{open}how would that sound {place}?{tail}"))),
+    "video": _frames((("imperative", "{open}{video_verb} me {video_obj} of {x}{pl}.{tail}"),
+                      ("question", "{open}could you {video_verb} {video_obj} of {x}?{tail}"), ("imperative", "{open}animate {x}{pl}.{tail}"),
+                      ("wish", "{open}I want to watch {x}{pl}.{tail}"), ("question", "{open}what would {x} look like in motion?{tail}"),
+                      ("object first", "{open}{video_obj} of {x}{pl}.{tail}")),
+                     (("indirect", "{open}I was wondering if you could {video_verb} {video_obj} of {x}.{tail}"),
+                      ("wish", "{open}I'd love to see {x} as {video_obj}.{tail}")),
+                     (("need", "{open}I'm looking for {video_obj} with {x}.{tail}"), ("imperative", "{open}bring {x} to life{pl}.{tail}"))),
+    "video/followup": _frames((("imperative", "{open}now make it {motion} instead{pl}.{tail}"), ("question", "{open}can it {motion}?{tail}"),
+                               ("question", "{open}what if it should {motion}?{tail}"), ("imperative", "{open}let it {motion} this time{pl}.{tail}")),
+                              (("wish", "{open}I'd like it to {motion}.{tail}"), ("question", "{open}could you make it {motion}?{tail}")),
+                              (("imperative", "{open}have it {motion}{pl}.{tail}"), ("indirect", "{open}this time it should {motion}.{tail}"))),
+})
+
+# %% ../nbs/09_synthetic.ipynb #ph42d604
+PHRASE_FRAMES.update({
+    "vqa/colour": _frames((("question", "{open}what {colour_word} is the {np}?{tail}"), ("question", "{open}which {colour_word} does the {np} have?{tail}"),
+                           ("imperative", "{open}tell me the {colour_word} of the {np}{pl}.{tail}"),
+                           ("indirect", "{open}can you tell me what {colour_word} the {np} is?{tail}")),
+                          (("indirect", "{open}I wonder what {colour_word} the {np} is.{tail}"), ("question", "{open}the {np} is which {colour_word}?{tail}")),
+                          (("question", "{open}what {colour_word} would you call the {np}?{tail}"),
+                           ("indirect", "{open}do you know the {colour_word} of the {np}?{tail}"))),
+    "vqa/shape": _frames((("question", "{open}what {shape_word} is the {np}?{tail}"), ("imperative", "{open}tell me what {shape_word} the {np} has{pl}.{tail}"),
+                          ("indirect", "{open}can you say what {shape_word} the {np} is?{tail}")),
+                         (("question", "{open}which {shape_word} does the {np} have?{tail}"),),
+                         (("question", "{open}what {shape_word} would you say the {np} is?{tail}"),
+                          ("indirect", "{open}do you know what {shape_word} the {np} is?{tail}"))),
+    "vqa/count": _frames((("question", "{open}how many {what} are there?{tail}"), ("question", "{open}how many {what} can you see?{tail}"),
+                          ("imperative", "{open}count the {what} in the {image_noun}{pl}.{tail}")),
+                         (("question", "{open}what is the number of {what} in this {image_noun}?{tail}"),),
+                         (("imperative", "{open}tell me how many {what} there are{pl}.{tail}"), ("question", "{open}what's the count of {what} here?{tail}"))),
+    "vqa/exists": _frames((("question", "{open}is there {a} {np} in the {image_noun}?{tail}"), ("question", "{open}can you see {a} {np}?{tail}"),
+                           ("question", "{open}does the {image_noun} contain {a} {np}?{tail}")),
+                          (("question", "{open}is {a} {np} visible here?{tail}"),),
+                          (("question", "{open}do you see {a} {np} anywhere?{tail}"), ("indirect", "{open}I wonder whether there is {a} {np} here.{tail}"))),
+    "vqa/where": _frames((("question", "{open}where is the {np}?{tail}"), ("question", "{open}in which part of the {image_noun} is the {np}?{tail}"),
+                          ("question", "{open}where can I find the {np}?{tail}")),
+                         (("question", "{open}which part of the {image_noun} holds the {np}?{tail}"),),
+                         (("imperative", "{open}tell me where the {np} is{pl}.{tail}"), ("question", "{open}whereabouts is the {np}?{tail}"))),
+    "vqa/size": _frames((("question", "{open}is the {np} small or large?{tail}"), ("question", "{open}how big is the {np}?{tail}"),
+                         ("question", "{open}what size is the {np}?{tail}")),
+                        (("question", "{open}is the {np} a large one or a small one?{tail}"),),
+                        (("imperative", "{open}tell me the size of the {np}{pl}.{tail}"), ("question", "{open}would you say the {np} is big or small?{tail}"))),
+    "vqa/describe": _frames((("imperative", "{open}describe the {image_noun}{pl}.{tail}"), ("question", "{open}what do you see in this {image_noun}?{tail}"),
+                             ("imperative", "{open}tell me what is in the {image_noun}{pl}.{tail}")),
+                            (("question", "{open}can you describe this {image_noun}?{tail}"),),
+                            (("question", "{open}what does the {image_noun} show?{tail}"), ("imperative", "{open}give me a rundown of the {image_noun}{pl}.{tail}"))),
+    "det": _frames((("imperative", "{open}{det_verb} the {np}{pl}.{tail}"), ("imperative", "{open}please draw {box_word} around the {np}.{tail}"),
+                    ("question", "{open}can you {det_verb} the {np} with {box_word}?{tail}"),
+                    ("imperative", "{open}give me the bounding box of the {np}{pl}.{tail}"), ("imperative", "{open}put {box_word} around the {np}{pl}.{tail}"),
+                    ("question", "{open}where exactly is the {np}? Give me {box_word}.{tail}")),
+                   (("imperative", "{open}{det_verb} the {np} and box it{pl}.{tail}"), ("imperative", "{open}mark the {np} with {box_word}.{tail}")),
+                   (("need", "{open}I need {box_word} for the {np}.{tail}"), ("question", "{open}which region holds the {np}? Answer with {box_word}.{tail}"))),
+    "cls": _frames((("imperative", "{open}{cls_verb} the {np}{pl}.{tail}"), ("question", "{open}which {class_word} does the {np} belong to?{tail}"),
+                    ("question", "{open}what is the {class_word} of the {np}?{tail}"), ("question", "{open}can you {cls_verb} the {np}?{tail}"),
+                    ("imperative", "{open}give me the {class_word} of the {np}{pl}.{tail}")),
+                   (("imperative", "{open}assign a {class_word} to the {np}.{tail}"), ("question", "{open}to which {class_word} does the {np} belong?{tail}")),
+                   (("imperative", "{open}run the classifier on the {np}{pl}.{tail}"), ("need", "{open}I need the {class_word} of the {np}.{tail}"))),
+})
+
+# %% ../nbs/09_synthetic.ipynb #ph5d2161
+PHRASE_FRAMES.update({
+    "reason/sentence": _frames((("question", "{open}which shape {clue}?"), ("imperative", "{open}find the {thing} that {clue}{pl}."),
+                                ("imperative", "{open}show me the {thing} that {clue}{pl}."), ("question", "{open}which object in this {image_noun} {clue}?"),
+                                ("question", "{open}can you find the {thing} that {clue}?"), ("need", "{open}I'm looking for the {thing} that {clue}."),
+                                ("question", "{open}which of these shapes {clue}?")),
+                               (("question", "{open}one of the shapes {clue}. Which one is it?"), ("imperative", "{open}point out the {thing} that {clue}{pl}.")),
+                               (("question", "{open}there is a shape that {clue}. Where is it?"), ("imperative", "{open}look for the {thing} that {clue}{pl}."))),
+    "seg": _frames((("question", "{open}can you {seg_verb} the {name}?{tail}"), ("imperative", "{open}{seg_verb} the {name}{pl}.{tail}"),
+                    ("imperative", "{open}show me {mask_word} of the {name}.{tail}"), ("need", "{open}I need {mask_word} for the {name}.{tail}"),
+                    ("question", "{open}which pixels belong to the {name}? Answer with {mask_word}.{tail}")),
+                   (("imperative", "{open}give me {mask_word} that covers the {name}{pl}.{tail}"), ("question", "{open}could you {seg_verb} the {name} for me?{tail}")),
+                   (("imperative", "{open}mark the pixels of the {name}{pl}.{tail}"), ("wish", "{open}I'd like {mask_word} of the {name}.{tail}"))),
+    "seg/semantic": _frames((("imperative", "{open}{seg_verb} every {name} in this {image_noun}{pl}.{tail}"),
+                             ("imperative", "{open}give me {mask_word} of all the {name} shapes{pl}.{tail}"),
+                             ("question", "{open}can you {seg_verb} all {name} shapes here?{tail}"),
+                             ("imperative", "{open}find every {name} and give me {mask_word} of it.{tail}")),
+                            (("imperative", "{open}cover each {name} in the {image_noun} with {mask_word}.{tail}"),
+                             ("question", "{open}which area do the {name} shapes take up? Show it as {mask_word}.{tail}")),
+                            (("wish", "{open}I want {mask_word} for all of the {name} shapes.{tail}"),
+                             ("imperative", "{open}{seg_verb} each {name} you can find{pl}.{tail}"))),
+    "seg/long": _frames((("imperative", "{sent} Please answer with {mask_word}.{tail}"), ("imperative", "{sent} Show it as {mask_word}{pl}.{tail}"),
+                         ("imperative", "{sent} Reply with {mask_word} of that shape.{tail}"), ("imperative", "{sent} Give me its mask{pl}.{tail}")),
+                        (("imperative", "{sent} Mark it with {mask_word}.{tail}"), ("wish", "{sent} I'd like the answer as {mask_word}.{tail}")),
+                        (("imperative", "{sent} Output its mask{pl}.{tail}"), ("need", "{sent} I need {mask_word} for it.{tail}"))),
+})
+
+# %% ../nbs/09_synthetic.ipynb #ph3f3cfe
+CHAT_ANSWERS = {   # chat intent -> the answer (no task token)
+    "greeting": "Hello! What would you like to make today?", "thanks": "You're welcome! Tell me if you would like any changes.",
+    "about": "I can answer questions about pictures, point out shapes, draw and edit pictures, and make sounds and short videos.",
+    "corners": "{A} {kind} has {n} corners.", "explain": "{A} {kind} is a flat shape with {n} corners.",
+    "complaint": "Sorry about that. Tell me what to change and I will try again.",
+    "bye": "Alright! Come back any time you want a picture, a sound or a video.",
+    "colours": "I know red, green, blue, yellow, orange, purple, pink and white.", "favourite": "I like stars best, because they are pointy."}
+PHRASE_FRAMES["chat"] = _frames(   # the kind of a chat frame is its intent
+    (("greeting", "{greet}!"), ("greeting", "{greet}! How are you?"), ("greeting", "{greet}, nice to meet you."), ("thanks", "{thanks}!"),
+     ("thanks", "{thanks}, {appraisal}!"), ("thanks", "{appraisal}, {thanks}."), ("about", "{open}what can you do?{tail}"),
+     ("about", "{open}what are you able to do?{tail}"), ("corners", "{open}how many corners does {a} {kind} have?{tail}"),
+     ("explain", "{open}can you explain what {a} {kind} is?{tail}"), ("complaint", "{open}that is not what I wanted."), ("complaint", "{open}no, that's wrong."),
+     ("bye", "Ok, that is enough for now."), ("bye", "Bye! {thanks}."), ("bye", "See you later!"), ("colours", "{open}which colours do you know?{tail}"),
+     ("favourite", "{open}what is your favourite shape?{tail}")),
+    (("greeting", "{greet}! How's it going?"), ("thanks", "Oh, {appraisal}. {thanks}!"), ("about", "{open}what are you good at?{tail}"),
+     ("corners", "{open}do you know how many corners {a} {kind} has?{tail}"), ("explain", "{open}what exactly is {a} {kind}?{tail}"),
+     ("complaint", "{open}that's not it."), ("bye", "That's all for today."), ("colours", "{open}which colors do you know?{tail}"),
+     ("favourite", "{open}do you have a favourite shape?{tail}")),
+    (("greeting", "{greet}! Hope you're well."), ("thanks", "{thanks}, that's exactly what I wanted."), ("about", "{open}how can you help me?{tail}"),
+     ("corners", "{open}what's the number of corners on {a} {kind}?{tail}"), ("explain", "{open}tell me what {a} {kind} is."),
+     ("complaint", "{open}not what I had in mind."), ("bye", "Catch you later!"), ("colours", "{open}name the colours you know."),
+     ("favourite", "{open}which shape do you like best?{tail}")))
+
+# %% ../nbs/09_synthetic.ipynb #ph801dd3
+def phrasing_space_size(task: Optional[str] = None) -> dict:
+    "Distinct wordings `compose_request` can make, {task: {split: n}} (or {split: n} for one task); content not counted."
+    def count(t, splits): return math.prod(len(_members(f, splits)) for f in _slots(t))
+    def one(task):
+        fr = PHRASE_FRAMES[task]
+        train = sum(count(t, ("train",)) for _, t in fr["train"])
+        return {"train": train, **{s: sum(count(t, ("train", s)) for sp in ("train", s) for _, t in fr[sp]) - train for s in SPLITS[1:]}}
+    if task is not None:
+        if task not in PHRASE_FRAMES: raise KeyError(f"no phrasing space for {task!r} (known: {', '.join(PHRASE_FRAMES)})")
+        return one(task)
+    return {t: one(t) for t in PHRASE_FRAMES}
+
+def held_out_families() -> dict:
+    "The parts that exist only in val or test: {family: {'val': [...], 'test': [...]}}, frames as '<task>/frame'."
+    out = {f: {s: list(by[s]) for s in SPLITS[1:]} for f, by in PHRASE_PARTS.items()}
+    out.update({f"{task}/frame": {s: [t for _, t in fr[s]] for s in SPLITS[1:]} for task, fr in PHRASE_FRAMES.items()})
+    return {f: v for f, v in out.items() if any(v.values())}
+
+# %% ../nbs/09_synthetic.ipynb #ph1bda4c
+def _words(text: str) -> str:
+    return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+def phrasing_leaks() -> list[tuple[str, str, str]]:
+    "(part, its split, the other split's text holding it): held-out parts whose words another split's parts or frames use."
+    texts = {s: set() for s in SPLITS}
+    for by in PHRASE_PARTS.values():
+        for s, ts in by.items(): texts[s] |= {_words(t) for t in ts if t}
+    for fr in PHRASE_FRAMES.values():
+        for s, fs in fr.items(): texts[s] |= {_words(seg) for _, t in fs for seg in re.split(r"\{[a-zA-Z_]+\}", t) if _words(seg)}
+    out = []
+    for f, by in PHRASE_PARTS.items():
+        for s in SPLITS[1:]:
+            for p in by[s]:
+                rx = re.compile(r"\b" + re.escape(_words(p)) + r"\b")
+                out += [(p, s, t) for o in SPLITS if o != s for t in sorted(texts[o]) if rx.search(t)]
+    return out
+
+SPACE_BANK_SIZE = 200      # question templates per split that the segmentation readers get from the phrasing space
+
+def phrasing_bank(task: str, split: str, n: int = SPACE_BANK_SIZE, seed: int = 0, labels: bool = False) -> list:
+    "Up to n distinct wordings of a task for a split (a pure function of the arguments); with labels: (template, labels) pairs."
+    rng, out = sample_rng(seed, "phrasing", task, split), {}
+    for _ in range(50 * n):
+        if len(out) >= n: break
+        t, _, lab = compose_request(task, split, rng)
+        out.setdefault(t, lab)
+    return list(out.items()) if labels else list(out)
+
+# %% ../nbs/09_synthetic.ipynb #phc19fab
+_BANK_TASK = {GEN_REQUESTS: "gen", NEW_GEN_FOLLOWUPS: "gen/new", AUDIO_REQUESTS: "audio", AUDIO_FOLLOWUPS: "audio/followup",
+              VIDEO_REQUESTS: "video", VIDEO_FOLLOWUPS: "video/followup", CHAT_TURNS: "chat", DET_QUESTIONS: "det", CLS_QUESTIONS: "cls",
+              REASON_SENTENCES: "reason/sentence", SEG_QUESTIONS: "seg", SEMANTIC_SEG_QUESTIONS: "seg/semantic", LONG_SEG_QUESTIONS: "seg/long",
+              **{b: f"edit/{k}" for k, b in EDIT_REQUESTS.items()}, **{b: f"vqa/{k}" for k, b in VQA_QUESTIONS.items()}}
+_PARTS_LOG = contextvars.ContextVar("llmbind_shapes_parts", default=None)   # a list while a ShapesWorld in the phrasing space makes a record
+
+def _space_pick(rng: random.Random, bank: Sequence, split: str):
+    "What `_pick` returns for `bank`, composed in the phrasing space (banks without one, the reasoning phrases: a template)."
+    task = _BANK_TASK.get(bank)
+    if task is None:
+        t = rng.choice(split_templates(bank, split))
+        _PARTS_LOG.get().append((t, [("template", t, split)]))
+        return t
+    t, kind, labels = compose_request(task, split, rng)
+    _PARTS_LOG.get().append((t, labels))
+    if bank is CHAT_TURNS: return t, CHAT_ANSWERS[kind]
+    return (kind, t) if any(bank is b for b in (GEN_REQUESTS, AUDIO_REQUESTS, VIDEO_REQUESTS)) else t
+
+@functools.lru_cache(maxsize=8192)
+def _wording_regex(t: str) -> re.Pattern:
+    parts = re.split(r"(\{[a-zA-Z_]+\})", t)
+    return re.compile("".join(".+" if re.fullmatch(r"\{[a-zA-Z_]+\}", p) else re.escape(p) for p in parts))
+
+def _turn_parts(rec: dict, log: list) -> list:
+    "The labels of each user turn (and reasoning text) of a record: those of the last composed wording that fits it."
+    users = [u for u, _ in rec.get("turns", [])] + ([rec["text"]] if "text" in rec else [])
+    out = []
+    for u in users:
+        hit = next((lab for t, lab in reversed(log) if _wording_regex(t).fullmatch(u)), None)
+        if hit is None: raise RuntimeError(f"no composed wording fits the user turn {u!r}")
+        out.append(hit)
+    return out
 
 # %% ../nbs/09_synthetic.ipynb #61038727
 _TEMPLATES = contextvars.ContextVar("llmbind_shapes_templates", default=None)   # set while a ShapesWorld with `templates` makes a record
 
 def _pick(rng: random.Random, bank: Sequence, split: str):
+    if _PARTS_LOG.get() is not None: return _space_pick(rng, bank, _TEMPLATES.get() or split)   # phrasing 'space'
     return rng.choice(split_templates(bank, _TEMPLATES.get() or split))
 
 def _focus(rng: random.Random, scene: Scene, split: str, exclude=()) -> Optional[int]:
@@ -800,10 +1172,12 @@ class ShapesWorld:
     kinds: tuple = SHAPES               # shape kinds (a subset of SHAPES); class index = position here
     seed: int = 0
     templates: Optional[str] = None     # the split whose prompt templates every record uses (None: each split its own)
+    phrasing: str = "templates"         # 'templates': user turns from the template banks; 'space': composed from the phrasing space
 
     def __post_init__(self):
         self.kinds = tuple(self.kinds)
         if self.templates is not None: _check_split(self.templates)
+        if self.phrasing not in PHRASINGS: raise ValueError(f"unknown phrasing {self.phrasing!r} (use one of {', '.join(PHRASINGS)})")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
             raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}")
         bad = [k for k in self.kinds if k not in SHAPES]
@@ -823,16 +1197,19 @@ class ShapesWorld:
         return cls(image_size=data.image_size, kinds=names, seed=seed)
 
     def record(self, leaf: str, split: str, i: int) -> dict:
-        "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i)."
+        "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i); in the phrasing space with `parts`."
         _check_split(split)
         rng = sample_rng(self.seed, split, leaf, i)
-        token = _TEMPLATES.set(self.templates)
+        log = [] if self.phrasing == "space" else None      # the wordings composed for this record, with their labels
+        token, log_token = _TEMPLATES.set(self.templates), _PARTS_LOG.set(log)
         try:
             if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
             elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
             else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
-        finally: _TEMPLATES.reset(token)
-        return {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
+        finally: _TEMPLATES.reset(token); _PARTS_LOG.reset(log_token)
+        rec = {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
+        if log is not None: rec["parts"] = _turn_parts(rec, log)     # one label list per user turn (and reasoning text)
+        return rec
 
 # %% ../nbs/09_synthetic.ipynb #4f7051ed
 def _png(img: Image.Image, path: Path):
@@ -877,7 +1254,7 @@ def _write_semantic(world, recs, split, root: Path) -> dict:
     return {"format": "ade20k", "reader": "read_semantic", "files": ["ade_shapes/classes.txt", f"ade_shapes/images/{split}",
                                                                      f"ade_shapes/annotations/{split}"],
             "args": {"root": "ade_shapes", "classes": "ade_shapes/classes.txt", "image_dir": f"images/{split}",
-                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split)}}
+                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split, world.phrasing, world.seed)}}
 
 def _write_reasoning(world, recs, split, root: Path) -> dict:
     folder = root / "reason_seg" / split
@@ -890,7 +1267,7 @@ def _write_reasoning(world, recs, split, root: Path) -> dict:
                                 "group_id": None, "points": pts}],
                     "imagePath": name, "imageHeight": sc.size, "imageWidth": sc.size}, folder / f"{r['id']}.json")
     return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"],
-            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split)}}
+            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split, world.phrasing, world.seed)}}
 
 def _write_grounded(world, recs, split, root: Path, leaf: str) -> dict:
     task = leaf_task(leaf)
@@ -935,7 +1312,7 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
                     "files": ["refshapes/refs(shapes).json", "refshapes/instances.json", "refshapes/images"],
                     "args": {"refs": "refshapes/refs(shapes).json", "instances": "refshapes/instances.json",
                              "image_dir": "refshapes/images", "split": split, "rounds_per_sample": 3,
-                             **seg_question_args("seg/referring", world.templates or split)}}
+                             **seg_question_args("seg/referring", world.templates or split, world.phrasing, world.seed)}}
             for split in recs_by_split}
 
 # %% ../nbs/09_synthetic.ipynb #d0f5de47
@@ -983,11 +1360,12 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
                        image_size: Optional[int] = None,   # default: the config's data.image_size, else 64
                        kinds: Optional[Sequence[str]] = None,  # default: the config's segment.class_names, else SHAPES
                        templates: Optional[str] = None,    # the split whose prompt templates every record uses (None: its own)
+                       phrasing: str = "templates",        # 'space': user turns composed from the phrasing space (see PHRASE_FRAMES)
                       ) -> dict:
     "Generate the shapes world and write every leaf in its real file format; returns (and saves) the index."
     is_cfg = isinstance(getattr(cfg_or_sizes, "data", cfg_or_sizes), DataConfig)
     world = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
-    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed, templates)
+    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed, templates, phrasing)
     sizes = resolve_sizes(cfg_or_sizes)
     out = Path(out_dir)
     _prepare_dir(out)
@@ -1013,6 +1391,7 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
     index = {"version": INDEX_VERSION, "generator": "llmbind.synthetic", "seed": seed, "image_size": world.image_size,
              "kinds": list(world.kinds), "sizes": sizes, "leaves": entries}
     if templates is not None: index["templates"] = templates        # only then: a usual world's files stay as they were
+    if phrasing != "templates": index["phrasing"] = phrasing
     _dump_json(index, out / "index.json")
     index["seconds"] = round(time.perf_counter() - t0, 2)           # not saved: the files stay byte-identical
     return index
@@ -1049,8 +1428,8 @@ def load_shapes_world(out_dir,                          # a folder written by wr
     return result
 
 def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Optional[int] = None,
-                        kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None) -> dict:
-    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds and templates)."
+                        kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None, phrasing: str = "templates") -> dict:
+    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds, templates, phrasing)."
     out = Path(out_dir)
     try: old = _read_index(out)
     except (FileNotFoundError, ValueError): old = None
@@ -1058,8 +1437,8 @@ def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Op
     w = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
     want = {"seed": seed, "image_size": image_size or w.image_size, "kinds": list(kinds or w.kinds),
             "sizes": resolve_sizes(cfg_or_sizes), "templates": templates}
-    if old is not None and all(old.get(k) == v for k, v in want.items()): return old
-    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds, templates)
+    if old is not None and all(old.get(k) == v for k, v in want.items()) and old.get("phrasing", "templates") == phrasing: return old
+    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds, templates, phrasing)
 
 def tree_digest(folder) -> str:
     "SHA-256 over every file's relative path and bytes, in sorted order."
