@@ -4,6 +4,7 @@ import pytest
 from llmbind.cli import UserError, main as cli_main
 from llmbind.demo import demo_command
 
+@pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
     rc = cli_main(["demo", "--out", str(out), "--quick", "--steps-a", "3", "--copy-steps", "2", "--steps-b", "3"])

@@ -7,6 +7,7 @@ non-finite gradient norm stops the run with the rank's error, and a cut-short me
 import json, os, shutil, signal, subprocess, sys, time
 from pathlib import Path
 import pytest
+pytestmark = pytest.mark.slow          # whole training runs: `bash tools/test.sh --slow`
 import torch
 from safetensors.torch import load_file
 

@@ -10,6 +10,8 @@ from fixtures_checkpoints import write_checkpoints
 from fixtures_datasets import write_lisa_datasets
 from llmbind.train import read_metrics
 
+pytestmark = pytest.mark.slow          # whole training runs: `bash tools/test.sh --slow`
+
 os.environ.setdefault("LLMBIND_DS_SHM", "cached")
 STEPS = 4
 

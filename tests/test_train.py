@@ -10,6 +10,7 @@ compile it (70-300 s once) and test with it."""
 import json, math, os, shutil, time
 from pathlib import Path
 import pytest
+pytestmark = pytest.mark.slow          # whole training runs: `bash tools/test.sh --slow`
 import torch
 from safetensors.torch import load_file
 

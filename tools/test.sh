@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# The project's test command: every notebook through nbdev_test (slow cells included), then pytest on
-# tests/. Prints one closing line "N passed, M failed" and exits non-zero if anything failed.
-# Options (environment): LLMBIND_TEST_FLAGS (default "slow"; "" skips slow cells), LLMBIND_TEST_JOBS
-# (parallel notebooks, default 2), LLMBIND_NB_TIMEOUT (seconds per notebook, default 900).
+# The project's test command: every notebook through nbdev_test, then pytest on tests/. Prints one closing
+# line "N passed, M failed" and exits non-zero if anything failed.
+#   bash tools/test.sh          the everyday pass: notebooks without their `#| slow` cells, pytest without the
+#                               tests marked slow (whole training runs, kill tests, the quick demo)
+#   bash tools/test.sh --slow   the rest: the notebooks that have slow cells, run with them, and the slow tests
+#   bash tools/test.sh --all    both in one pass (what .ci/run runs, as two passes)
+# Options (environment): LLMBIND_TEST_JOBS (parallel notebooks / pytest workers, default 2),
+# LLMBIND_NB_TIMEOUT (seconds per notebook, default 900).
 set -u
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DS_ACCELERATOR=cpu
@@ -10,7 +14,16 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 DS_ACCELERA
 export LLMBIND_DS_SHM=${LLMBIND_DS_SHM:-cached}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 export MPLBACKEND=Agg PYTHONWARNINGS=${PYTHONWARNINGS:-ignore}
-flags=${LLMBIND_TEST_FLAGS-slow}
+mode=fast
+case "${1:-}" in
+  "") ;;
+  --slow) mode=slow ;;
+  --all) mode=all ;;
+  *) echo "usage: bash tools/test.sh [--slow | --all]"; exit 2 ;;
+esac
+if [ "$mode" = fast ]; then flags=""; markers="not slow"; else flags=slow; fi
+[ "$mode" = slow ] && markers="slow"
+[ "$mode" = all ] && markers=""
 jobs=${LLMBIND_TEST_JOBS:-2}
 nb_timeout=${LLMBIND_NB_TIMEOUT:-900}
 logdir=$(mktemp -d)
@@ -23,8 +36,9 @@ run_nb() {  # one notebook -> a result line in $logdir
 }
 export -f run_nb; export logdir flags nb_timeout
 
-echo "== notebooks (flags: ${flags:-none}, $jobs at a time) =="
-ls nbs/*.ipynb | sort | xargs -P "$jobs" -I{} bash -c 'run_nb {}'
+if [ "$mode" = slow ]; then nbs=$(grep -l '#| slow' nbs/*.ipynb | sort); else nbs=$(ls nbs/*.ipynb | sort); fi
+echo "== $mode pass: notebooks (flags: ${flags:-none}, $jobs at a time) =="
+echo "$nbs" | xargs -P "$jobs" -I{} bash -c 'run_nb {}'
 nb_pass=$(cat "$logdir"/*.result | grep -c '^PASS' || true)
 nb_fail=$(cat "$logdir"/*.result | grep -c '^FAIL' || true)
 for f in $(grep -l '^FAIL' "$logdir"/*.result 2>/dev/null); do
@@ -34,7 +48,7 @@ done
 echo "== pytest tests/ =="
 py_pass=0; py_fail=0
 if ls tests/test_*.py >/dev/null 2>&1; then
-  python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile tests 2>&1 | tee "$logdir/pytest.log"
+  python -m pytest -q -p no:cacheprovider -n "$jobs" --dist loadfile ${markers:+-m "$markers"} tests 2>&1 | tee "$logdir/pytest.log"
   summary=$(tail -n 3 "$logdir/pytest.log")
   py_pass=$(echo "$summary" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+' | tail -1); py_pass=${py_pass:-0}
   py_fail=0; for n in $(echo "$summary" | grep -oE '[0-9]+ (failed|error|errors)' | grep -oE '^[0-9]+'); do py_fail=$((py_fail + n)); done
