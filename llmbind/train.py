@@ -25,10 +25,10 @@ __all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATH
            'standin_eval', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached', 'use_shm_op',
            'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock', 'checkpoint_tag', 'write_text_atomic',
            'read_latest', 'list_checkpoints', 'atomic_checkpoint', 'write_manifest', 'verify_checkpoint',
-           'find_resumable', 'set_aside', 'rng_state', 'set_rng_state', 'checkpoint_globals', 'weights_only_loading',
-           'read_metrics', 'MetricsLog', 'train', 'check_overwritable', 'prepare_run_dir', 'torchrun_command', 'launch',
-           'worker_main', 'check_paths', 'pipeline_for', 'config_changes', 'resolve_folders', 'resolve_config',
-           'train_command', 'memory_estimate']
+           'UnverifiedCheckpointWarning', 'find_resumable', 'set_aside', 'rng_state', 'set_rng_state',
+           'checkpoint_globals', 'weights_only_loading', 'read_metrics', 'MetricsLog', 'train', 'check_overwritable',
+           'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for',
+           'config_changes', 'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #3f46c361
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -523,6 +523,9 @@ def verify_checkpoint(folder: Union[str, Path]) -> list[str]:
         elif _sha256(p) != want.get("sha256"): bad.append(f"{name} does not match its checksum")
     return bad + [f"{n} is not in the manifest" for n in _files(folder) if n not in files]
 
+class UnverifiedCheckpointWarning(UserWarning):
+    "A run from before checkpoints carried manifests is resumed without a checksum check."
+
 def find_resumable(ckpt_dir: Union[str, Path]) -> tuple[Optional[str], dict[str, list[str]]]:
     "The newest intact checkpoint up to the one `latest` names, and the problems of the damaged ones passed over."
     ckpt_dir, bad = Path(ckpt_dir), {}
@@ -531,6 +534,11 @@ def find_resumable(ckpt_dir: Union[str, Path]) -> tuple[Optional[str], dict[str,
     tags = list_checkpoints(ckpt_dir)
     if latest is not None: tags = [t for t in tags if int(t[5:]) <= int(latest[5:])]
     elif not bad: return None, {}                     # no checkpoint was ever published
+    if latest is not None and tags and not any((ckpt_dir / t / MANIFEST).exists() for t in list_checkpoints(ckpt_dir)):
+        warnings.warn(f"{ckpt_dir}: no checkpoint of this run has a {MANIFEST} (written before llmbind kept checksums); "
+                      f"resuming from {tags[-1]} without verifying it (read weights-only); new checkpoints get manifests",
+                      UnverifiedCheckpointWarning, stacklevel=2)
+        return tags[-1], bad
     for tag in reversed(tags):
         problems = verify_checkpoint(ckpt_dir / tag)
         if not problems: return tag, bad
