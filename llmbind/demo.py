@@ -478,6 +478,7 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
              minutes_a: Optional[float] = None,   # stop stage A early after this many minutes
              eval_per_leaf=EVAL_PER_LEAF,         # test dialogues per leaf (int or {leaf: n})
              progress: bool = True,
+             phrasing: str = "templates",         # the world's requests: "templates" (banks) or "space" (composed, 09_synthetic)
              command: str = "llmbind demo") -> dict:
     "Shapes world -> stage A base -> stage B LLMBind on DeepSpeed -> test-split evaluation -> report; returns the report."
     from llmbind.train import launch
@@ -494,10 +495,11 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     say = (lambda *a: print("llmbind demo:", *a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     t = time.perf_counter()
     sizes = demo_sizes(quick)
-    ensure_shapes_world(cfg.data.data_dir, sizes, seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names)
+    ensure_shapes_world(cfg.data.data_dir, sizes, seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names,
+                        phrasing=phrasing)
     # the second test set: the same held-out pairs, asked in the training templates (09_synthetic)
     ensure_shapes_world(out / "data_pairs", {"test": sizes["test"]}, seed=seed, image_size=cfg.data.image_size,
-                        kinds=cfg.segment.class_names, templates="train")
+                        kinds=cfg.segment.class_names, templates="train", phrasing=phrasing)
     if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed, chat=cfg.chat)
     timings["data"] = time.perf_counter() - t; say(f"shapes world and tokenizer written in {timings['data']:.0f}s")
     t = time.perf_counter()
@@ -563,6 +565,8 @@ def demo_command(argv: Sequence[str]) -> int:
     p.add_argument("--nproc", type=int, default=2, help="stage B CPU ranks (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny data, a few steps, short evaluation")
+    p.add_argument("--phrasing", choices=["templates", "space"], default="templates",
+                   help="how the world's requests are worded: template banks (default) or the composed phrasing space")
     a = p.parse_args(list(argv))
     for k in ("steps_a", "steps_b", "nproc"):
         v = getattr(a, k)
@@ -575,7 +579,8 @@ def demo_command(argv: Sequence[str]) -> int:
     sa = a.steps_a or (20 if a.quick else 900); sb = a.steps_b or (10 if a.quick else 500)
     cmd = "llmbind demo " + " ".join(argv)
     r = run_demo(out, steps_a=sa, steps_b=sb, nproc=a.nproc, seed=a.seed, quick=a.quick, overwrite=a.overwrite, copy_steps=a.copy_steps,
-                 eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip())
+                 eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip(),
+                 phrasing=a.phrasing)
     for name, rep in r["evaluation"]["sets"].items():
         for view, key in VIEWS[:2]:
             m = summary_metrics(rep if key is None else rep[key])

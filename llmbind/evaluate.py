@@ -523,7 +523,8 @@ def format_report(report: dict, title: str = "llmbind evaluation") -> str:
     views = [("all turns", r), ("first turns", r.get("first_turns"))] + ([("free-running", r["free_running"])] if r.get("free_running") else [])
     views = [(n, v) for n, v in views if v]
     cell = lambda v, key, pct, n: f"{_fmt(v.get(key), pct)} ({v.get(n, 0)})"
-    lines = [f"## {title}", "", f"{r['n_answers']} answers from {r['n_samples']} samples in {r.get('seconds', 0):.1f} s"
+    lines = [f"## {title}", "", f"{r['n_answers']} answers from {r['n_samples']} samples"
+             + (f" in {r['seconds']:.1f} s" if r.get("seconds") is not None else "")
              + (f"; {r['n_errors']} turns refused by the model as input" if r.get("n_errors") else "")
              + (f"; {r['n_skipped']} turns skipped (longer than the training length)" if r.get("n_skipped") else ""), "",
              "| metric (n) | " + " | ".join(n for n, _ in views) + " |", "|---|" + "---|" * len(views)]
