@@ -238,6 +238,7 @@ def write_checkpoints(root, generators: bool = False) -> list[str]:
             f"vision.intermediate_size={V['intermediate_size']}", f"data.image_size={V['image_size']}",
             "segment.sam_type=tiny"] + [f"segment.{k}={v}" for k, v in S.items()] + [
             "segment.class_names=[circle,square]", "moe.layers=every_other",
+            "chat.system=A chat.",     # LLaVA's system message alone would fill most of the tiny 128-position context
             "train.micro_batch_size=2", "train.grad_accum=1", "train.precision=fp32", "train.nproc=1", "train.total_steps=2",
             "train.warmup_steps=1", "device=cpu", "dtype=float32"]
     if generators:
