@@ -17,7 +17,7 @@ from .tokens import TASKS, IMAGE_TOKEN, render_chat, format_call, parse_response
 # %% auto #0
 __all__ = ['SAMPLE_TASKS', 'EMBED_TASKS', 'CLIP_MEAN', 'CLIP_STD', 'SAM_PIXEL_MEAN', 'SAM_PIXEL_STD', 'SHORT_QUESTIONS',
            'SEMANTIC_QUESTIONS', 'LONG_QUESTIONS', 'SEG_ANSWERS', 'MAX_CLASS_ID', 'DATASET_READERS', 'read_refcoco',
-           'read_refcoco_plus', 'read_refcocog', 'read_refclef', 'DataFormatError', 'Sample', 'load_image',
+           'read_refcoco_plus', 'read_refcocog', 'read_refclef', 'DataFormatError', 'load_image', 'Sample',
            'ConversationTooLong', 'tokenize_conversation', 'show_supervision', 'clip_image_transform', 'sam_preprocess',
            'LLMBindCollator', 'polygons_to_mask', 'rle_decode', 'rle_encode', 'check_segmentation',
            'segmentation_to_mask', 'check_templates', 'seg_conversation', 'ReadReport', 'Samples', 'canonical_calls',
@@ -37,6 +37,15 @@ class DataFormatError(ValueError):
 
 def _err(source: str, what: str) -> DataFormatError:
     return DataFormatError(f"{source}: {what}")
+
+# %% ../nbs/08_data.ipynb #386ee97e
+def load_image(image, source: str = "") -> Image.Image:
+    "Open a path (or take a PIL image) and return it in RGB; a missing or unreadable file raises `DataFormatError`."
+    if isinstance(image, Image.Image): return image.convert("RGB") if image.mode != "RGB" else image
+    try:
+        with Image.open(image) as im: return im.convert("RGB")
+    except (FileNotFoundError, IsADirectoryError): raise _err(source or str(image), f"image file {image} not found")
+    except Exception as e: raise _err(source or str(image), f"cannot read image {image}: {e}")
 
 # %% ../nbs/08_data.ipynb #1db555e0
 @dataclass
@@ -61,45 +70,6 @@ class Sample:
                     if c.task in n: n[c.task] += 1
         return n
 
-    def validate(self) -> "Sample":
-        "Check the conversation and that targets match the embedding tokens; raises `DataFormatError`."
-        src = self.source or f"sample {self.id}"
-        if self.task not in SAMPLE_TASKS: raise _err(src, f"unknown task {self.task!r} (known: {', '.join(SAMPLE_TASKS)})")
-        if not self.messages: raise _err(src, "the conversation is empty")
-        for i, m in enumerate(self.messages):
-            want = "user" if i % 2 == 0 else "assistant"
-            if not isinstance(m, Mapping) or m.get("role") != want:
-                raise _err(src, f"turn {i} must be a {want} turn (turns alternate, starting with the user)")
-            if not isinstance(m.get("content"), str): raise _err(src, f"turn {i}: content must be a string")
-            if want == "user":
-                calls = parse_response(m["content"])
-                if len(calls) or calls.problems: raise _err(src, f"turn {i}: a task tag in a user turn ({m['content'][:60]!r})")
-            else:
-                if IMAGE_TOKEN in m["content"]: raise _err(src, f"turn {i}: {IMAGE_TOKEN} in an assistant turn")
-                probs = parse_response(m["content"]).problems
-                if probs: raise _err(src, f"turn {i}: malformed task tag: {probs[0].message}")
-        if self.messages[-1]["role"] != "assistant": raise _err(src, "the conversation must end with an assistant turn")
-        n_img = sum(m["content"].count(IMAGE_TOKEN) for m in self.messages)
-        if n_img != (self.image is not None):
-            raise _err(src, f"{n_img} {IMAGE_TOKEN} tokens but {'an' if self.image is not None else 'no'} image "
-                            f"(a sample with an image has exactly one {IMAGE_TOKEN}, one without has none)")
-        n = self.counts()
-        if self.masks is not None and not callable(self.masks):
-            if not (isinstance(self.masks, np.ndarray) and self.masks.ndim == 3 and self.masks.dtype == bool):
-                raise _err(src, "masks must be a bool array of shape (n, H, W)")
-        n_masks = 0 if self.masks is None else (self.meta.get("n_masks", 0) if callable(self.masks) else len(self.masks))
-        for task, got in (("seg", n_masks), ("det", 0 if self.boxes is None else len(self.boxes)),
-                          ("cls", 0 if self.classes is None else len(self.classes))):
-            if n[task] != got: raise _err(src, f"{n[task]} {TASKS[task].open} in the answers but {got} targets for them")
-        if self.boxes is not None:
-            b = np.asarray(self.boxes, dtype=np.float64)
-            if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all() or (b < 0).any() or (b > 1).any() \
-               or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
-                raise _err(src, "boxes must be (n, 4) normalised x0 y0 x1 y1 in [0, 1] with x0 <= x1 and y0 <= y1")
-        if self.classes is not None and not all(isinstance(c, (int, np.integer)) and c >= 0 for c in self.classes):
-            raise _err(src, "classes must be non-negative integers")
-        return self
-
     def load(self) -> "Sample":
         "A copy with the image opened (RGB PIL) and lazy masks computed, checked against the image size."
         img = self.image
@@ -110,13 +80,47 @@ class Sample:
         meta = {k: v for k, v in self.meta.items() if k != "n_masks"}
         return replace(self, image=img, masks=masks, meta=meta)
 
-def load_image(image, source: str = "") -> Image.Image:
-    "Open a path (or take a PIL image) and return it in RGB; a missing or unreadable file raises `DataFormatError`."
-    if isinstance(image, Image.Image): return image.convert("RGB") if image.mode != "RGB" else image
-    try:
-        with Image.open(image) as im: return im.convert("RGB")
-    except (FileNotFoundError, IsADirectoryError): raise _err(source or str(image), f"image file {image} not found")
-    except Exception as e: raise _err(source or str(image), f"cannot read image {image}: {e}")
+# %% ../nbs/08_data.ipynb #0dc57fee
+def _validate(self) -> "Sample":
+    "Check the conversation and that targets match the embedding tokens; raises `DataFormatError`."
+    src = self.source or f"sample {self.id}"
+    if self.task not in SAMPLE_TASKS: raise _err(src, f"unknown task {self.task!r} (known: {', '.join(SAMPLE_TASKS)})")
+    if not self.messages: raise _err(src, "the conversation is empty")
+    for i, m in enumerate(self.messages):
+        want = "user" if i % 2 == 0 else "assistant"
+        if not isinstance(m, Mapping) or m.get("role") != want:
+            raise _err(src, f"turn {i} must be a {want} turn (turns alternate, starting with the user)")
+        if not isinstance(m.get("content"), str): raise _err(src, f"turn {i}: content must be a string")
+        if want == "user":
+            calls = parse_response(m["content"])
+            if len(calls) or calls.problems: raise _err(src, f"turn {i}: a task tag in a user turn ({m['content'][:60]!r})")
+        else:
+            if IMAGE_TOKEN in m["content"]: raise _err(src, f"turn {i}: {IMAGE_TOKEN} in an assistant turn")
+            probs = parse_response(m["content"]).problems
+            if probs: raise _err(src, f"turn {i}: malformed task tag: {probs[0].message}")
+    if self.messages[-1]["role"] != "assistant": raise _err(src, "the conversation must end with an assistant turn")
+    n_img = sum(m["content"].count(IMAGE_TOKEN) for m in self.messages)
+    if n_img != (self.image is not None):
+        raise _err(src, f"{n_img} {IMAGE_TOKEN} tokens but {'an' if self.image is not None else 'no'} image "
+                        f"(a sample with an image has exactly one {IMAGE_TOKEN}, one without has none)")
+    n = self.counts()
+    if self.masks is not None and not callable(self.masks):
+        if not (isinstance(self.masks, np.ndarray) and self.masks.ndim == 3 and self.masks.dtype == bool):
+            raise _err(src, "masks must be a bool array of shape (n, H, W)")
+    n_masks = 0 if self.masks is None else (self.meta.get("n_masks", 0) if callable(self.masks) else len(self.masks))
+    for task, got in (("seg", n_masks), ("det", 0 if self.boxes is None else len(self.boxes)),
+                      ("cls", 0 if self.classes is None else len(self.classes))):
+        if n[task] != got: raise _err(src, f"{n[task]} {TASKS[task].open} in the answers but {got} targets for them")
+    if self.boxes is not None:
+        b = np.asarray(self.boxes, dtype=np.float64)
+        if b.ndim != 2 or b.shape[1] != 4 or not np.isfinite(b).all() or (b < 0).any() or (b > 1).any() \
+           or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+            raise _err(src, "boxes must be (n, 4) normalised x0 y0 x1 y1 in [0, 1] with x0 <= x1 and y0 <= y1")
+    if self.classes is not None and not all(isinstance(c, (int, np.integer)) and c >= 0 for c in self.classes):
+        raise _err(src, "classes must be non-negative integers")
+    return self
+
+Sample.validate = _validate
 
 # %% ../nbs/08_data.ipynb #1c1c4f0c
 class ConversationTooLong(ValueError):
@@ -492,6 +496,7 @@ class Samples(list):
     def __init__(self, items=(), report: Optional[ReadReport] = None):
         super().__init__(items); self.report = report
 
+# %% ../nbs/08_data.ipynb #7b41deb7
 _RECORD_ERRORS = (DataFormatError, KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 class _Reading:
@@ -525,6 +530,7 @@ class _Reading:
         if self.report.skipped: warnings.warn(f"skipped {self.report.skipped} bad records: {self.report}", stacklevel=3)
         return self.out
 
+# %% ../nbs/08_data.ipynb #0d4c9afe
 def _load_json(path, encodings: Sequence[str] = ("utf-8",)) -> Any:
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file")
@@ -545,6 +551,7 @@ def _need(rec, key, typ, where):
         raise _err(where, f"{key!r} must be {names}, got {type(rec[key]).__name__}")
     return rec[key]
 
+# %% ../nbs/08_data.ipynb #07e22f81
 def _image_path(image_dir: Path, name, where: str) -> Path:
     "The image `name` names inside `image_dir`; absolute names and '..' are refused (a dataset file may not point elsewhere)."
     if not isinstance(name, str) or not name: raise _err(where, f"'image' must be a file name, got {name!r}")
@@ -596,6 +603,7 @@ def infer_task(call_tasks: Iterable[str], has_image: bool) -> str:
         if t in ts: return leaf
     return "vqa" if has_image else "chat"
 
+# %% ../nbs/08_data.ipynb #cec7a9e9
 def _conversation_record(rec, i: int, where: str, image_dir: Path, mode: str, task: Optional[str], lazy: bool) -> Sample:
     turns = _need(rec, "conversations", list, where)
     if not turns: raise _err(where, "'conversations' is empty")
@@ -659,6 +667,7 @@ def _conversation_record(rec, i: int, where: str, image_dir: Path, mode: str, ta
     return Sample(rid, tk, msgs, image=str(img) if img is not None else None, masks=masks, boxes=boxes, classes=classes,
                   source=where, meta=meta)
 
+# %% ../nbs/08_data.ipynb #b8f70b68
 def _read_llava_style(path, image_dir, mode, task, skip_bad, lazy) -> Samples:
     path = Path(path)
     data = _load_json(path)

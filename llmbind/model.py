@@ -111,6 +111,7 @@ def _llava_hf_vision(cj: dict, path: Path) -> dict:
     return {"vision.pretrained_path": str(path), "vision.projector": "mlp2x_gelu", "vision.select_layer": layer,
             "vision.select_feature": "patch" if strategy == "default" else "cls_patch"}
 
+# %% ../nbs/06_model.ipynb #57904599
 def resolve_checkpoint_config(cfg: LLMBindConfig) -> tuple[LLMBindConfig, list[str]]:
     "Fill the LLM and vision sizes, the projector kind and the select layer from the local folders; notes say what changed."
     if not cfg.llm.pretrained_path: return cfg, []
@@ -161,6 +162,7 @@ def resolve_dtype(cfg: LLMBindConfig, device: torch.device) -> torch.dtype:
 def _on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
+# %% ../nbs/06_model.ipynb #434b2572
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 def enable_checkpointing(model: nn.Module) -> nn.Module:
@@ -229,6 +231,7 @@ def _rebuild_rotary(llm, device):
     left = [n for n, t in list(llm.named_parameters()) + list(llm.named_buffers()) if t.is_meta]
     if left: raise RuntimeError(f"the LLM still has tensors without values after loading: {left[:4]}")
 
+# %% ../nbs/06_model.ipynb #5182b66b
 def build_llm(cfg: LLMBindConfig,                       # the full configuration (llm section, strict_load)
               vocab_size: int,                          # rows of a random LLM's embeddings
               dtype: torch.dtype = torch.float32,
@@ -309,113 +312,121 @@ class LLMBindForCausalLM(nn.Module):
         self._row_hooks = []
         self.apply_freezing()
 
-    @classmethod
-    def from_config(cls, cfg: LLMBindConfig,        # the full configuration
-                    tokenizer=None,                  # base tokenizer (task tokens are added); None: build_tokenizer(cfg)
-                    device=None,                     # None: cfg.device; "meta": architecture only
-                    seed: int = 0,                   # init seed of every random part (global RNG untouched)
-                   ) -> "LLMBindForCausalLM":
-        "Build the whole model from a config (local checkpoints only, every key checked; nothing loaded on the meta device)."
-        cfg.validate()
-        cfg, notes = resolve_checkpoint_config(cfg)
-        for n in notes: _log.info("from the checkpoint folders: %s", n)
-        dev = resolve_device(cfg, device)
-        ctx = torch.device("meta") if dev.type == "meta" else contextlib.nullcontext()
-        with ctx, torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            meta = _on_meta()
-            dtype = resolve_dtype(cfg, dev)
-            tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-            base_len = len(tok)
-            kind = checkpoint_kind(cfg.llm.pretrained_path) if cfg.llm.pretrained_path else None
-            parts = read_llm_folder(cfg.llm.pretrained_path, dtype) if kind and not meta else {}
-            llm = build_llm(cfg, max(base_len, cfg.llm.vocab_size), dtype, seed, device=dev, tensors=parts)
-            parts.pop("llm", None)                  # the LLM owns its tensors now; keep no second reference
-            rows0 = llm.get_input_embeddings().weight.shape[0]
-            n_new = len([t for t in task_token_strings() if t not in tok.get_vocab()])
-            add_task_tokens(tok, llm, init="mean")
-            if rows0 > base_len and n_new:          # a stand-in tokenizer smaller than the LLM vocabulary
-                llm.resize_token_embeddings(rows0 + n_new, mean_resizing=False)
-            if cfg.moe.enabled: inject_lora_moe(llm, cfg.moe)
-            if cfg.train.gradient_checkpointing: enable_checkpointing(llm)   # recompute each decoder layer in the backward pass
-            hidden = llm.config.hidden_size
-            vt = build_vision_tower(cfg.vision, frozen=True, seed=seed, strict=cfg.strict_load) \
-                if not (meta and cfg.vision.pretrained_path) else _meta_clip(cfg)
-            proj = build_projector(cfg.vision, hidden)
-            if kind in ("llava", "llava_hf") and not meta:
-                load_checked(proj, parts.get("projector", {}), f"the projector ({cfg.vision.projector}) in {cfg.llm.pretrained_path}",
-                             cfg.strict_load)
-            elif kind == "llama" and cfg.vision.pretrained_path and not meta:
-                warnings.warn(f"{cfg.llm.pretrained_path} has no projector (a plain LLaMA/Vicuna folder): the projector is "
-                              "initialised at random; it will be trained (vision.train_projector=true)", RandomProjectorWarning, stacklevel=2)
-            seg = SegmentationModule(cfg.segment, hidden, load_checkpoint=not meta, strict=cfg.strict_load)
-            model = cls(cfg, tok, llm, vt, proj, seg)
-        model.checkpoint_notes = notes
-        if not meta: model.to(device=dev, dtype=dtype)
-        return model
-
-    # ------------------------------------------------------------------ freezing
-    def apply_freezing(self):
-        "Set `requires_grad` by the policy of the table above (and the row hooks for `new_rows`)."
-        for h in self._row_hooks: h.remove()
-        self._row_hooks = []
-        self.requires_grad_(False)
-        for layer in lora_moe_layers(self.llm).values():
-            layer.router.requires_grad_(True); layer.lora_A.requires_grad_(True); layer.lora_B.requires_grad_(True)
-        mode = self.cfg.llm.train_embeddings
-        if mode == "full":
-            self.llm.get_input_embeddings().weight.requires_grad_(True)
-            self.llm.get_output_embeddings().weight.requires_grad_(True)
-        elif mode == "new_rows" and not self.llm.get_input_embeddings().weight.is_meta:
-            self._row_hooks = train_only_new_token_rows(self.llm, self.new_token_ids)
-        elif mode == "new_rows":                     # meta: no hooks needed, only the flags for counting
-            self.llm.get_input_embeddings().weight.requires_grad_(True)
-            self.llm.get_output_embeddings().weight.requires_grad_(True)
-        self.projector.requires_grad_(self.cfg.vision.train_projector)
-        seg = self.segment
-        seg.text_hidden_fcs.requires_grad_(True)
-        if seg.box_head is not None: seg.box_head.requires_grad_(True)
-        if seg.class_head is not None: seg.class_head.requires_grad_(True)
-        dec = seg.sam.mask_decoder
-        dec.requires_grad_(self.cfg.segment.train_mask_decoder)
-        dec.iou_prediction_head.requires_grad_(False)            # unused with one mask per <seg>
-        for mlp in dec.output_hypernetworks_mlps[1:]: mlp.requires_grad_(False)
-        return self
-
-    def trainable_names(self) -> list[str]:
-        "Names of the parameters that training changes (embeddings included in `new_rows` mode, masked to their rows)."
-        return [n for n, p in self.named_parameters() if p.requires_grad]
-
-    def _trainable_count(self, name: str, p: torch.Tensor) -> int:
-        if not p.requires_grad: return 0
-        if self.cfg.llm.train_embeddings == "new_rows" and _param_group(name) in ("embed_tokens", "lm_head"):
-            return len(self.new_token_ids) * p.shape[1]
-        return p.numel()
-
-    def trainable_parameter_table(self):
-        "A pandas DataFrame per module group: trainable, total, share (trainable / all parameters of the model)."
-        import pandas as pd
-        rows = {g: dict(trainable=0, total=0) for g in GROUP_ORDER}
-        for n, p in self.named_parameters():
-            r = rows[_param_group(n)]
-            r["total"] += p.numel(); r["trainable"] += self._trainable_count(n, p)
-        df = pd.DataFrame.from_dict({g: r for g, r in rows.items() if r["total"]}, orient="index")
-        total = int(df["total"].sum())
-        df.loc["all"] = [int(df["trainable"].sum()), total]
-        df["share"] = df["trainable"] / total
-        df.index.name = "group"
-        return df
-
     @property
     def device(self) -> torch.device: return next(self.parameters()).device
     @property
     def dtype(self) -> torch.dtype: return next(self.parameters()).dtype
+
+# %% ../nbs/06_model.ipynb #3b2ddf55
+def _apply_freezing(self):
+    "Set `requires_grad` by the policy of the table above (and the row hooks for `new_rows`)."
+    for h in self._row_hooks: h.remove()
+    self._row_hooks = []
+    self.requires_grad_(False)
+    for layer in lora_moe_layers(self.llm).values():
+        layer.router.requires_grad_(True); layer.lora_A.requires_grad_(True); layer.lora_B.requires_grad_(True)
+    mode = self.cfg.llm.train_embeddings
+    if mode == "full":
+        self.llm.get_input_embeddings().weight.requires_grad_(True)
+        self.llm.get_output_embeddings().weight.requires_grad_(True)
+    elif mode == "new_rows" and not self.llm.get_input_embeddings().weight.is_meta:
+        self._row_hooks = train_only_new_token_rows(self.llm, self.new_token_ids)
+    elif mode == "new_rows":                     # meta: no hooks needed, only the flags for counting
+        self.llm.get_input_embeddings().weight.requires_grad_(True)
+        self.llm.get_output_embeddings().weight.requires_grad_(True)
+    self.projector.requires_grad_(self.cfg.vision.train_projector)
+    seg = self.segment
+    seg.text_hidden_fcs.requires_grad_(True)
+    if seg.box_head is not None: seg.box_head.requires_grad_(True)
+    if seg.class_head is not None: seg.class_head.requires_grad_(True)
+    dec = seg.sam.mask_decoder
+    dec.requires_grad_(self.cfg.segment.train_mask_decoder)
+    dec.iou_prediction_head.requires_grad_(False)            # unused with one mask per <seg>
+    for mlp in dec.output_hypernetworks_mlps[1:]: mlp.requires_grad_(False)
+    return self
+
+def _trainable_names(self) -> list[str]:
+    "Names of the parameters that training changes (embeddings included in `new_rows` mode, masked to their rows)."
+    return [n for n, p in self.named_parameters() if p.requires_grad]
+
+LLMBindForCausalLM.apply_freezing, LLMBindForCausalLM.trainable_names = _apply_freezing, _trainable_names
+
+# %% ../nbs/06_model.ipynb #7e03a331
+def _trainable_count(self, name: str, p: torch.Tensor) -> int:
+    if not p.requires_grad: return 0
+    if self.cfg.llm.train_embeddings == "new_rows" and _param_group(name) in ("embed_tokens", "lm_head"):
+        return len(self.new_token_ids) * p.shape[1]
+    return p.numel()
+
+def _trainable_parameter_table(self):
+    "A pandas DataFrame per module group: trainable, total, share (trainable / all parameters of the model)."
+    import pandas as pd
+    rows = {g: dict(trainable=0, total=0) for g in GROUP_ORDER}
+    for n, p in self.named_parameters():
+        r = rows[_param_group(n)]
+        r["total"] += p.numel(); r["trainable"] += self._trainable_count(n, p)
+    df = pd.DataFrame.from_dict({g: r for g, r in rows.items() if r["total"]}, orient="index")
+    total = int(df["total"].sum())
+    df.loc["all"] = [int(df["trainable"].sum()), total]
+    df["share"] = df["trainable"] / total
+    df.index.name = "group"
+    return df
+
+LLMBindForCausalLM._trainable_count, LLMBindForCausalLM.trainable_parameter_table = _trainable_count, _trainable_parameter_table
 
 # %% ../nbs/06_model.ipynb #90e27442
 def _meta_clip(cfg: LLMBindConfig):
     "A CLIP tower of the configured size on the meta device (for counting; the checkpoint is not read)."
     from dataclasses import replace
     return build_vision_tower(replace(cfg.vision, pretrained_path=None), frozen=True)
+
+# %% ../nbs/06_model.ipynb #56dea80b
+@classmethod
+def _from_config(cls, cfg: LLMBindConfig,        # the full configuration
+                tokenizer=None,                  # base tokenizer (task tokens are added); None: build_tokenizer(cfg)
+                device=None,                     # None: cfg.device; "meta": architecture only
+                seed: int = 0,                   # init seed of every random part (global RNG untouched)
+               ) -> "LLMBindForCausalLM":
+    "Build the whole model from a config (local checkpoints only, every key checked; nothing loaded on the meta device)."
+    cfg.validate()
+    cfg, notes = resolve_checkpoint_config(cfg)
+    for n in notes: _log.info("from the checkpoint folders: %s", n)
+    dev = resolve_device(cfg, device)
+    ctx = torch.device("meta") if dev.type == "meta" else contextlib.nullcontext()
+    with ctx, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        meta = _on_meta()
+        dtype = resolve_dtype(cfg, dev)
+        tok = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+        base_len = len(tok)
+        kind = checkpoint_kind(cfg.llm.pretrained_path) if cfg.llm.pretrained_path else None
+        parts = read_llm_folder(cfg.llm.pretrained_path, dtype) if kind and not meta else {}
+        llm = build_llm(cfg, max(base_len, cfg.llm.vocab_size), dtype, seed, device=dev, tensors=parts)
+        parts.pop("llm", None)                  # the LLM owns its tensors now; keep no second reference
+        rows0 = llm.get_input_embeddings().weight.shape[0]
+        n_new = len([t for t in task_token_strings() if t not in tok.get_vocab()])
+        add_task_tokens(tok, llm, init="mean")
+        if rows0 > base_len and n_new:          # a stand-in tokenizer smaller than the LLM vocabulary
+            llm.resize_token_embeddings(rows0 + n_new, mean_resizing=False)
+        if cfg.moe.enabled: inject_lora_moe(llm, cfg.moe)
+        if cfg.train.gradient_checkpointing: enable_checkpointing(llm)   # recompute each decoder layer in the backward pass
+        hidden = llm.config.hidden_size
+        vt = build_vision_tower(cfg.vision, frozen=True, seed=seed, strict=cfg.strict_load) \
+            if not (meta and cfg.vision.pretrained_path) else _meta_clip(cfg)
+        proj = build_projector(cfg.vision, hidden)
+        if kind in ("llava", "llava_hf") and not meta:
+            load_checked(proj, parts.get("projector", {}), f"the projector ({cfg.vision.projector}) in {cfg.llm.pretrained_path}",
+                         cfg.strict_load)
+        elif kind == "llama" and cfg.vision.pretrained_path and not meta:
+            warnings.warn(f"{cfg.llm.pretrained_path} has no projector (a plain LLaMA/Vicuna folder): the projector is "
+                          "initialised at random; it will be trained (vision.train_projector=true)", RandomProjectorWarning, stacklevel=2)
+        seg = SegmentationModule(cfg.segment, hidden, load_checkpoint=not meta, strict=cfg.strict_load)
+        model = cls(cfg, tok, llm, vt, proj, seg)
+    model.checkpoint_notes = notes
+    if not meta: model.to(device=dev, dtype=dtype)
+    return model
+
+LLMBindForCausalLM.from_config = _from_config
 
 # %% ../nbs/06_model.ipynb #7626671b
 def _name(b: int, ids) -> str:
@@ -424,6 +435,30 @@ def _name(b: int, ids) -> str:
 def _n(x) -> int:
     return 0 if x is None else int(len(x))
 
+def _check_targets(model, ids, n_seg, n_det, n_cls, masks, boxes, classes, orig_sizes):
+    "With labels: one ground-truth mask, box or class per `<seg>`, `<det>`, `<cls>`, masks at the picture's size, and the heads exist."
+    for b in range(len(n_seg)):
+        w = _name(b, ids)
+        for tok, n, tg, what in (("<seg>", n_seg[b], masks, "ground-truth mask"), ("<det>", n_det[b], boxes, "ground-truth box"),
+                                 ("<cls>", n_cls[b], classes, "class label")):
+            got = _n(tg[b]) if tg is not None else 0
+            if n > got:
+                raise ModelInputError(f"{w}: {n} {tok} token(s) in its text but {got} {what}(s); every {tok} label needs "
+                                      f"a {what} (pass {'masks' if tok == '<seg>' else 'boxes' if tok == '<det>' else 'classes'})")
+            if got > n:
+                raise ModelInputError(f"{w}: {got} {what}(s) but only {n} {tok} token(s) in its text; give one {what} per {tok}")
+        if n_seg[b]:
+            m = masks[b]
+            if m.ndim != 3: raise ModelInputError(f"{w}: masks must be (n, H, W), got shape {tuple(m.shape)}")
+            if orig_sizes is not None and orig_sizes[b] is not None and tuple(m.shape[1:]) != tuple(orig_sizes[b]):
+                raise ModelInputError(f"{w}: masks are {m.shape[1]}x{m.shape[2]} but the image is "
+                                      f"{orig_sizes[b][0]}x{orig_sizes[b][1]} (H x W); masks must have the image's original size")
+        if n_det[b] and model.segment.box_head is None:
+            raise ModelInputError(f"{w} has <det> but the model has no box head (segment.det_head=False)")
+        if n_cls[b] and model.segment.class_head is None:
+            raise ModelInputError(f"{w} has <cls> but the model has no class head (segment.class_names is empty)")
+
+# %% ../nbs/06_model.ipynb #f78d86e7
 @torch.no_grad()
 def _check_batch(model, input_ids, valid, labels, images, has_image, sam_images, orig_sizes, masks, boxes, classes, ids):
     "Sample-by-sample consistency checks; returns the per-sample counts and the has_image list."
@@ -453,27 +488,7 @@ def _check_batch(model, input_ids, valid, labels, images, has_image, sam_images,
         if n_seg[b] and (sam_images is None or not has[b]):
             raise ModelInputError(f"{w} has {n_seg[b]} <seg> token(s) but no image for SAM (sam_images is None or the "
                                   "sample has no image); give it an image or remove the <seg>")
-    if labels is None: return n_img, n_seg, n_det, n_cls, has
-    for b in range(B):
-        w = _name(b, ids)
-        for tok, n, tg, what in (("<seg>", n_seg[b], masks, "ground-truth mask"), ("<det>", n_det[b], boxes, "ground-truth box"),
-                                 ("<cls>", n_cls[b], classes, "class label")):
-            got = _n(tg[b]) if tg is not None else 0
-            if n > got:
-                raise ModelInputError(f"{w}: {n} {tok} token(s) in its text but {got} {what}(s); every {tok} label needs "
-                                      f"a {what} (pass {'masks' if tok == '<seg>' else 'boxes' if tok == '<det>' else 'classes'})")
-            if got > n:
-                raise ModelInputError(f"{w}: {got} {what}(s) but only {n} {tok} token(s) in its text; give one {what} per {tok}")
-        if n_seg[b]:
-            m = masks[b]
-            if m.ndim != 3: raise ModelInputError(f"{w}: masks must be (n, H, W), got shape {tuple(m.shape)}")
-            if orig_sizes is not None and orig_sizes[b] is not None and tuple(m.shape[1:]) != tuple(orig_sizes[b]):
-                raise ModelInputError(f"{w}: masks are {m.shape[1]}x{m.shape[2]} but the image is "
-                                      f"{orig_sizes[b][0]}x{orig_sizes[b][1]} (H x W); masks must have the image's original size")
-        if n_det[b] and model.segment.box_head is None:
-            raise ModelInputError(f"{w} has <det> but the model has no box head (segment.det_head=False)")
-        if n_cls[b] and model.segment.class_head is None:
-            raise ModelInputError(f"{w} has <cls> but the model has no class head (segment.class_names is empty)")
+    if labels is not None: _check_targets(model, ids, n_seg, n_det, n_cls, masks, boxes, classes, orig_sizes)
     return n_img, n_seg, n_det, n_cls, has
 
 # %% ../nbs/06_model.ipynb #59084662
@@ -494,6 +509,9 @@ def _run_llm(self, sp, logits: bool = True):
     h = out.last_hidden_state
     return h, (self.llm.lm_head(h) if logits else None)
 
+LLMBindForCausalLM._embed_and_splice, LLMBindForCausalLM._run_llm = _embed_and_splice, _run_llm
+
+# %% ../nbs/06_model.ipynb #83eb8bcf
 def pack_supervised(h: torch.Tensor,            # (B, L, D) last-layer states
                     labels: torch.Tensor,       # (B, L) labels, `ignore_index` where no loss
                     ignore_index: int = -100,
@@ -510,6 +528,7 @@ def pack_supervised(h: torch.Tensor,            # (B, L, D) last-layer states
     # one unsupervised slot in front of the labels and one spare state at the end: logits[:, j] predicts labels[:, j + 1]
     return torch.cat([hs, hs.new_zeros(B, 1, D)], 1), torch.cat([lab.new_full((B, 1), ignore_index), lab], 1)
 
+# %% ../nbs/06_model.ipynb #dffe6a69
 def _heads(self, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_sizes):
     "Masks for `<seg>` (SAM runs only on rows that have one), boxes for `<det>`, class logits for `<cls>`."
     B = h.shape[0]
@@ -532,6 +551,36 @@ def _heads(self, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_
                       else [h.new_zeros((0, C)) for _ in range(B)])
     return pred_masks, pred_boxes, cls_logits
 
+LLMBindForCausalLM._heads = _heads
+
+# %% ../nbs/06_model.ipynb #5aa0479f
+def _add_losses(self, out: LLMBindOutput, sp, n_seg, n_det, n_cls, masks, boxes, classes, tasks, num_items) -> LLMBindOutput:
+    "Eq. 7 on a forward's output: the AR loss on its labels, Eq. 9 on the masks, Eq. 10 summed over the LoRA-MoE layers, boxes and classes."
+    dev = self.device
+    aux = None
+    if lora_moe_layers(self.llm):
+        try: aux = moe_aux_loss(self.llm, alpha=1.0, token_mask=sp.attention_mask.bool())
+        except ValueError: aux = moe_aux_loss(self.llm, alpha=1.0)      # router saw another token count: all tokens
+    kw = {}
+    if any(n_seg):
+        kw.update(pred_masks=[p if n else None for p, n in zip(out.pred_masks, n_seg)],
+                  gt_masks=[masks[b].to(dev) if n else None for b, n in enumerate(n_seg)])
+    if any(n_det):
+        kw.update(pred_boxes=torch.cat([p for p, n in zip(out.pred_boxes, n_det) if n]),
+                  gt_boxes=torch.cat([torch.as_tensor(g, dtype=torch.float32) for g, n in zip(boxes, n_det) if n]).to(dev))
+    if any(n_cls):
+        kw.update(cls_logits=torch.cat([p for p, n in zip(out.cls_logits, n_cls) if n]),
+                  cls_targets=torch.cat([torch.as_tensor(g, dtype=torch.long) for g, n in zip(classes, n_cls) if n]).to(dev))
+    out.loss, out.terms = compute_total_loss(self.cfg.loss, logits=out.logits, labels=out.labels, aux_loss=aux, tasks=tasks,
+                                             num_items=num_items, **kw)
+    if self.training and torch.is_grad_enabled():
+        # every trainable tensor in the graph (times 0): under ZeRO-2 all ranks then reduce the same gradient buckets
+        # (under ZeRO-3 a parameter partitioned away from this rank is empty here: it is skipped)
+        out.loss = out.loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad and p.numel() > 0)
+    out.aux_loss = aux
+    return out
+
+# %% ../nbs/06_model.ipynb #717cb21e
 def _forward(self,
              input_ids: torch.Tensor,                  # (B, L) token ids, one `<image>` id where a sample's image goes
              attention_mask: Optional[torch.Tensor] = None,  # (B, L) 1 = real token
@@ -571,30 +620,8 @@ def _forward(self,
     out = LLMBindOutput(logits=logits, pred_masks=pred_masks, pred_boxes=pred_boxes, cls_logits=cls_logits, hidden_states=h,
                         token_ids=sp.token_ids, attention_mask=sp.attention_mask, labels=loss_labels)
     if labels is None: return out
-    aux = None
-    if lora_moe_layers(self.llm):
-        try: aux = moe_aux_loss(self.llm, alpha=1.0, token_mask=sp.attention_mask.bool())
-        except ValueError: aux = moe_aux_loss(self.llm, alpha=1.0)      # router saw another token count: all tokens
-    kw = {}
-    if any(n_seg):
-        kw.update(pred_masks=[p if n else None for p, n in zip(pred_masks, n_seg)],
-                  gt_masks=[masks[b].to(dev) if n else None for b, n in enumerate(n_seg)])
-    if any(n_det):
-        kw.update(pred_boxes=torch.cat([p for p, n in zip(pred_boxes, n_det) if n]),
-                  gt_boxes=torch.cat([torch.as_tensor(g, dtype=torch.float32) for g, n in zip(boxes, n_det) if n]).to(dev))
-    if any(n_cls):
-        kw.update(cls_logits=torch.cat([p for p, n in zip(cls_logits, n_cls) if n]),
-                  cls_targets=torch.cat([torch.as_tensor(g, dtype=torch.long) for g, n in zip(classes, n_cls) if n]).to(dev))
-    out.loss, out.terms = compute_total_loss(self.cfg.loss, logits=logits, labels=loss_labels, aux_loss=aux, tasks=tasks,
-                                             num_items=num_items, **kw)
-    if self.training and torch.is_grad_enabled():
-        # every trainable tensor in the graph (times 0): under ZeRO-2 all ranks then reduce the same gradient buckets
-        # (under ZeRO-3 a parameter partitioned away from this rank is empty here: it is skipped)
-        out.loss = out.loss + 0.0 * sum(p.reshape(-1)[0] for p in self.parameters() if p.requires_grad and p.numel() > 0)
-    out.aux_loss = aux
-    return out
+    return _add_losses(self, out, sp, n_seg, n_det, n_cls, masks, boxes, classes, tasks, num_items)
 
-LLMBindForCausalLM._embed_and_splice, LLMBindForCausalLM._run_llm, LLMBindForCausalLM._heads = _embed_and_splice, _run_llm, _heads
 LLMBindForCausalLM.forward = _forward
 
 # %% ../nbs/06_model.ipynb #d553cf9c
@@ -650,6 +677,7 @@ def _messages(prompt_or_messages, has_image: bool) -> list:
     elif n_img > 1: raise ModelInputError(f"the prompt has {n_img} {IMAGE_TOKEN} tokens; one image per conversation is supported")
     return msgs
 
+# %% ../nbs/06_model.ipynb #bf65560a
 def _pick(logits, do_sample, temperature, top_p, gen):
     "Next token from `(V,)` logits: argmax, or temperature / nucleus sampling."
     if not do_sample: return int(logits.argmax())
@@ -660,6 +688,34 @@ def _pick(logits, do_sample, temperature, top_p, gen):
         probs = torch.zeros_like(probs).scatter(0, i[keep], p[keep])
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
+# %% ../nbs/06_model.ipynb #e2a5b2d9
+def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed) -> list:
+    "Greedy / sampled decoding with the decoder's KV cache; stops at `</s>`."
+    dev, eos = self.device, self.tokenizer.eos_token_id
+    ids = torch.tensor([p_ids], device=dev)
+    has = img_kw["has_image"].tolist() if img_kw["images"] is not None else [False]
+    sp = self._embed_and_splice(ids, torch.ones_like(ids), None, img_kw["images"], has)
+    room = self.llm.config.max_position_embeddings - sp.inputs_embeds.shape[1]
+    if room <= 0:
+        raise ModelInputError(f"the prompt takes {sp.inputs_embeds.shape[1]} positions, the model has "
+                              f"{self.llm.config.max_position_embeddings}; shorten the conversation")
+    gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
+    out = self.llm(inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, position_ids=sp.position_ids,
+                   use_cache=True)
+    from transformers import LlamaForCausalLM
+    kw = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"  # renamed in transformers 5
+    cache, L, new = getattr(out, kw, None), sp.inputs_embeds.shape[1], []
+    for _ in range(min(max_new_tokens, room)):
+        nxt = _pick(out.logits[0, -1].cpu(), do_sample, temperature, top_p, gen)
+        if nxt == eos: break
+        new.append(nxt)
+        L += 1
+        out = self.llm(input_ids=torch.tensor([[nxt]], device=dev), attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),
+                       use_cache=True, **{kw: cache})
+        cache = getattr(out, kw, None)
+    return new
+
+# %% ../nbs/06_model.ipynb #5dd1ccb9
 @torch.no_grad()
 def _generate(self, prompt_or_messages,              # a user prompt, or [{'role', 'content'}, ...] ending with the user
               image=None,                            # PIL image / uint8 (H, W, 3) array for this conversation
@@ -713,32 +769,6 @@ def _generate(self, prompt_or_messages,              # a user prompt, or [{'role
     finally:
         self.train(was_training)
 
-def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed) -> list:
-    "Greedy / sampled decoding with the decoder's KV cache; stops at `</s>`."
-    dev, eos = self.device, self.tokenizer.eos_token_id
-    ids = torch.tensor([p_ids], device=dev)
-    has = img_kw["has_image"].tolist() if img_kw["images"] is not None else [False]
-    sp = self._embed_and_splice(ids, torch.ones_like(ids), None, img_kw["images"], has)
-    room = self.llm.config.max_position_embeddings - sp.inputs_embeds.shape[1]
-    if room <= 0:
-        raise ModelInputError(f"the prompt takes {sp.inputs_embeds.shape[1]} positions, the model has "
-                              f"{self.llm.config.max_position_embeddings}; shorten the conversation")
-    gen = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-    out = self.llm(inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, position_ids=sp.position_ids,
-                   use_cache=True)
-    from transformers import LlamaForCausalLM
-    kw = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"  # renamed in transformers 5
-    cache, L, new = getattr(out, kw, None), sp.inputs_embeds.shape[1], []
-    for _ in range(min(max_new_tokens, room)):
-        nxt = _pick(out.logits[0, -1].cpu(), do_sample, temperature, top_p, gen)
-        if nxt == eos: break
-        new.append(nxt)
-        L += 1
-        out = self.llm(input_ids=torch.tensor([[nxt]], device=dev), attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),
-                       use_cache=True, **{kw: cache})
-        cache = getattr(out, kw, None)
-    return new
-
 LLMBindForCausalLM.generate = _generate
 
 # %% ../nbs/06_model.ipynb #ffc7b5a1
@@ -763,6 +793,9 @@ def _trained_state(self) -> dict:
         elif n in names or g == "projector": out[n] = t
     return out
 
+LLMBindForCausalLM._trained_state = _trained_state
+
+# %% ../nbs/06_model.ipynb #fa1cdba5
 SAVED_PATH_FIELDS = ("llm.pretrained_path", "llm.tokenizer_path", "vision.pretrained_path", "segment.checkpoint", "data.data_dir",
                      "generators.image_gen_path", "generators.image_edit_path", "generators.video_path", "generators.audio_path")
 LEGACY_CHAT = ChatConfig(system="A chat.")      # what every llmbind model was trained with before the format was saved
@@ -787,6 +820,7 @@ def _paths_from(cfg: LLMBindConfig, d: Path) -> LLMBindConfig:
         if v and not Path(v).expanduser().is_absolute() and (d / v).exists(): out[sec][key] = str((d / v).resolve())
     return LLMBindConfig.from_dict(out) if out != cfg.to_dict() else cfg
 
+# %% ../nbs/06_model.ipynb #baf1de8b
 def _save_pretrained(self, save_directory) -> Path:
     "Write config.json, tokenizer/, model.safetensors (trained weights) and, for random parts, base.safetensors."
     from safetensors.torch import save_file
@@ -828,6 +862,9 @@ def _load_into(self, tensors: dict,                 # name -> tensor from a file
                 if t.shape != v.shape: raise ValueError(f"{where}: {k} has shape {tuple(v.shape)}, the model {tuple(t.shape)}")
                 t.copy_(v.to(t.device, t.dtype))
 
+LLMBindForCausalLM.save_pretrained, LLMBindForCausalLM._load_into = _save_pretrained, _load_into
+
+# %% ../nbs/06_model.ipynb #cc4b3475
 @classmethod
 def _from_pretrained(cls, save_directory,            # a folder written by save_pretrained
                      device=None,                    # None: the saved config's device
@@ -869,5 +906,4 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
     model._load_into(load_file(str(d / "model.safetensors")), f"{d / 'model.safetensors'}", expected=trained)
     return model
 
-LLMBindForCausalLM._trained_state, LLMBindForCausalLM._load_into = _trained_state, _load_into
-LLMBindForCausalLM.save_pretrained, LLMBindForCausalLM.from_pretrained = _save_pretrained, _from_pretrained
+LLMBindForCausalLM.from_pretrained = _from_pretrained

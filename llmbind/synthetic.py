@@ -1033,6 +1033,7 @@ def _spec_ref(specs: list[dict], j: int) -> str:
     k = specs[j]["kind"]
     return k if sum(s["kind"] == k for s in specs) == 1 else f"{specs[j]['colour']} {k}"
 
+# %% ../nbs/09_synthetic.ipynb #53940bab
 def _edit(rng: random.Random, specs: list[dict], split: str, kinds: Sequence[str]) -> Optional[tuple[str, list[dict]]]:
     "One random edit of the picture: (request, new specs), or None when the chosen edit is impossible."
     own, train = allowed_pairs(split, kinds)
@@ -1068,6 +1069,7 @@ def _edit(rng: random.Random, specs: list[dict], split: str, kinds: Sequence[str
         req = q.format(target=_spec_ref(specs, j)); new.pop(j)
     return req, new
 
+# %% ../nbs/09_synthetic.ipynb #00e956bd
 def _request(rng, bank, split, x) -> str:
     return _pick(rng, bank, split)[1].format(x=x)
 
@@ -1110,6 +1112,7 @@ def make_image_edit(rng: random.Random, split: str, kinds: Sequence[str] = SHAPE
         pictures.append(specs)
     return {"turns": turns, "pictures": pictures}
 
+# %% ../nbs/09_synthetic.ipynb #13281b8c
 def _pair_of(rng, split, n1, n2):
     own = [(i, j) for i in range(n1) for j in range(n2) if pair_split(i, j, n1) == split]
     train = [(i, j) for i in range(n1) for j in range(n2) if pair_split(i, j, n1) == "train"]
