@@ -17,6 +17,7 @@ from .data import Sample
 from .synthetic import ensure_shapes_world, load_shapes_world
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats, lora_moe_layers
+from .train import FitStep, fit, warmup_cosine_lr
 # stage B's pieces live in the pipeline layer; the demo names them as before
 from .pipeline import (chat_collator, task_tokenizer, DataStream, build_model,
                               model_fn, data_fn, eval_fn, stats_fn, pipeline_functions, _leaf_of, _short)
@@ -152,13 +153,50 @@ def copy_dialogues(n: int,                 # number of dialogues
         out.append(Sample(id=f"copy_{seed}_{i:06d}", task="vqa", messages=msgs, source=f"copy:{seed}:{i}"))
     return out
 
-# %% ../nbs/11a_demo.ipynb #4ef28ca4
-def _lr_at(step: int, lr: float, warmup: int, total: int, floor: float = 0.1) -> float:
-    if step < warmup: return lr * (step + 1) / warmup
-    p = (step - warmup) / max(1, total - warmup)
-    return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
 # %% ../nbs/11a_demo.ipynb #b8282f75
+def _stage_a_phases(cfg_a: LLMBindConfig, tokenizer, steps: int, batch_size: int, seed: int, copy_steps: int,
+                    copy_weight: float, group: int, mix: Optional[dict]) -> list[tuple[str, DemoData, int]]:
+    "(phase, batches, steps) of stage A: copy dialogues alone first (if `copy_steps`), then the text mixture with the copies in it."
+    copies = {"copy": copy_dialogues(20000, copy_words(tokenizer), seed=seed)} if copy_steps or copy_weight else {}
+    stream = lambda m: DemoData(cfg_a, cfg_a.data.data_dir, mix=m, batch_size=batch_size, seed=seed, plain=True, extra=copies, group=group)
+    phases = [("copy", stream({"copy": 1.0}), copy_steps)] if copy_steps else []
+    mix = STAGE_A_MIX if mix is None else mix
+    phases.append(("mixture", stream(dict(mix, copy=copy_weight) if copy_weight else mix), steps))
+    return phases
+
+def _start_sam_process(cfg_a: LLMBindConfig, out: Path, sam_steps: int, sam_lr: float, seed: int, threads: int):
+    "SAM's point-prompt pretraining in a second process (it shares nothing with the LLM); None when there are no SAM steps."
+    if not sam_steps: return None
+    import multiprocessing as mp
+    import importlib
+    target = importlib.import_module("llmbind.demo")._sam_process       # by module, so a spawned process can import it
+    job = mp.get_context("spawn").Process(target=target, args=(cfg_a.to_dict(), str(out), sam_steps, sam_lr, seed, threads))
+    job.start()
+    return job
+
+def _finish_sam(job, out: Path, model, progress: bool) -> dict:
+    "Wait for SAM's process and load the SAM it trained into `model`; its summary ({'steps': 0} without one)."
+    if job is None: return {"steps": 0}
+    job.join()
+    if job.exitcode != 0: raise RuntimeError(f"the SAM pretraining process failed (exit status {job.exitcode})")
+    sam = json.loads((out / "sam_summary.json").read_text())
+    from safetensors.torch import load_file
+    model.load_state_dict(load_file(str(out / "sam.safetensors")), strict=False)
+    if progress: print(f"stage A SAM: {sam['steps']} steps, loss {_fmt(sam['loss'])}, point cIoU on val {_fmt(sam['val_point_ciou'])} "
+                       f"({sam['time_s']:.0f}s)", file=sys.stderr, flush=True)
+    return sam
+
+def _save_base(model, cfg_a: LLMBindConfig, out: Path):
+    "The base: out/llm (the LLM with the base vocabulary and its tokenizer, as a LLaVA folder) and out/extra.safetensors (projector, CLIP, SAM)."
+    from safetensors.torch import save_file
+    llm = model.llm
+    base_tok = build_tokenizer(cfg_a)                                   # the base vocabulary, without the task tokens (they come in stage B)
+    llm.resize_token_embeddings(len(base_tok))
+    llm.save_pretrained(str(out / "llm"))
+    base_tok.save_pretrained(str(out / "llm"))
+    extra = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(("projector.", "vision_tower.", "segment.sam."))}
+    save_file(extra, str(out / "extra.safetensors"))
+
 def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 900, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                   log_every: int = 10, time_limit: Optional[float] = None, threads: int = 1, progress: bool = True,
                   sam_steps: int = 400, sam_lr: float = 3e-3,
@@ -177,63 +215,31 @@ def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 900, batch_size: int
     model.requires_grad_(False); model.llm.requires_grad_(True); model.projector.requires_grad_(True)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
-    copies = {"copy": copy_dialogues(20000, copy_words(model.tokenizer), seed=seed)} if copy_steps or copy_weight else {}
-    phases = [("copy", DemoData(cfg_a, cfg.data.data_dir, mix={"copy": 1.0}, batch_size=batch_size, seed=seed, plain=True,
-                                extra=copies, group=group), copy_steps)] if copy_steps else []
-    mix = STAGE_A_MIX if mix is None else mix
-    mix = dict(mix, copy=copy_weight) if copy_weight else mix
-    phases.append(("mixture", DemoData(cfg_a, cfg.data.data_dir, mix=mix, batch_size=batch_size, seed=seed, plain=True,
-                                       extra=copies, group=group), steps))
-    total = sum(n for _, _, n in phases)
-    sam_job = None
-    if sam_steps:                       # SAM's decoder trains in a second process meanwhile (it shares nothing with the LLM)
-        import multiprocessing as mp
-        import importlib
-        target = importlib.import_module("llmbind.demo")._sam_process       # by module, so a spawned process can import it
-        sam_job = mp.get_context("spawn").Process(target=target, args=(cfg_a.to_dict(), str(out), sam_steps, sam_lr, seed, threads))
-        sam_job.start()
-    t0, step, stopped = time.perf_counter(), 0, False
+    phases = _stage_a_phases(cfg_a, model.tokenizer, steps, batch_size, seed, copy_steps, copy_weight, group, mix)
+    at = [(name, data) for name, data, n in phases for _ in range(n)]       # (phase, batches) of every step
+    total = len(at)
+    sam_job = _start_sam_process(cfg_a, out, sam_steps, sam_lr, seed, threads)
+
+    def step(s: int):
+        phase, data = at[s - 1]
+        if s == copy_steps + 1 and copy_steps and threads_after_copy: torch.set_num_threads(threads_after_copy)
+        b = next(data); b.pop("ids", None)
+        return model(**b, supervised_logits=supervised_logits)
+
     with open(out / "metrics.jsonl", "w") as f:
-        for phase, data, n in phases:
-            if phase == "mixture" and copy_steps and threads_after_copy: torch.set_num_threads(threads_after_copy)
-            for _ in range(n):
-                if time_limit and time.perf_counter() - t0 > time_limit: stopped = True; break
-                for g in opt.param_groups: g["lr"] = _lr_at(step, lr, 20, total)
-                b = next(data); b.pop("ids", None)
-                o = model(**b, supervised_logits=supervised_logits)
-                opt.zero_grad(set_to_none=True); o.loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0); opt.step(); step += 1
-                if step % log_every == 0 or step == total:
-                    rec = {"kind": "train", "phase": phase, "step": step, "loss": float(o.loss.detach()), "lr": opt.param_groups[0]["lr"],
-                           "time_s": time.perf_counter() - t0, **{f"loss/{k}": float(v) for k, v in dict(o.terms).items()}}
-                    f.write(json.dumps(rec) + "\n"); f.flush()
-                    if progress: print(f"stage A ({phase}) step {step}/{total} loss {rec['loss']:.3f} ({rec['time_s']:.0f}s)",
-                                       file=sys.stderr, flush=True)
-            if stopped: break
-    secs = time.perf_counter() - t0
-    sam = {"steps": 0}
-    if sam_job is not None:
-        sam_job.join()
-        if sam_job.exitcode != 0: raise RuntimeError(f"the SAM pretraining process failed (exit status {sam_job.exitcode})")
-        sam = json.loads((out / "sam_summary.json").read_text())
-        from safetensors.torch import load_file
-        model.load_state_dict(load_file(str(out / "sam.safetensors")), strict=False)
-        if progress: print(f"stage A SAM: {sam['steps']} steps, loss {_fmt(sam['loss'])}, point cIoU on val {_fmt(sam['val_point_ciou'])} "
-                           f"({sam['time_s']:.0f}s)", file=sys.stderr, flush=True)
-    # the base: LLM with the base vocabulary only (task tokens come in stage B), projector and CLIP tower
-    llm = model.llm
-    base_tok = build_tokenizer(cfg_a)                                   # the base vocabulary, without the task tokens
-    llm.resize_token_embeddings(len(base_tok))
-    llm.save_pretrained(str(out / "llm"))
-    base_tok.save_pretrained(str(out / "llm"))                          # the base folder carries its own tokenizer, as a LLaVA folder does
-    from safetensors.torch import save_file
-    extra = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(("projector.", "vision_tower.", "segment.sam."))}
-    save_file(extra, str(out / "extra.safetensors"))
-    summary = {"steps": step, "copy_steps": copy_steps, "copy_weight": copy_weight, "time_s": secs, "steps_per_s": step / secs,
-               "group": group, "threads": threads, "threads_after_copy": threads_after_copy if copy_steps else None,
-               "batch_size": batch_size, "lr": lr,
-               "loss": float(o.loss.detach()), "sam": sam}
+        def write(r: FitStep):
+            rec = {"kind": "train", "phase": at[r.step - 1][0], "step": r.step, "loss": r.loss, "lr": r.lr, "time_s": r.time_s,
+                   **{f"loss/{k}": float(v) for k, v in dict(r.out.terms).items()}}
+            f.write(json.dumps(rec) + "\n"); f.flush()
+            if progress: print(f"stage A ({rec['phase']}) step {r.step}/{total} loss {r.loss:.3f} ({r.time_s:.0f}s)", file=sys.stderr, flush=True)
+        res = fit(step, params, total, lr=lr, betas=(0.9, 0.95), schedule=lambda s: warmup_cosine_lr(s, lr, 20, total), clip=1.0,
+                  log=write, log_every=log_every, time_limit=time_limit or None)
+    sam = _finish_sam(sam_job, out, model, progress)
+    _save_base(model, cfg_a, out)
+    summary = {"steps": res["steps"], "copy_steps": copy_steps, "copy_weight": copy_weight, "time_s": res["time_s"],
+               "steps_per_s": res["steps"] / res["time_s"], "group": group, "threads": threads,
+               "threads_after_copy": threads_after_copy if copy_steps else None, "batch_size": batch_size, "lr": lr,
+               "loss": res["loss"], "sam": sam}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -301,16 +307,15 @@ def pretrain_sam(model, data_dir, steps: int = 300, batch_size: int = 32, lr: fl
                                                                              "output_hypernetworks_mlps.2", "output_hypernetworks_mlps.3"))]
     if train_encoder: params += list(sam.image_encoder.parameters())
     for p in params: p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    t0, losses = time.perf_counter(), []
-    for step in range(steps):
-        for g in opt.param_groups: g["lr"] = _lr_at(step, lr, 20, steps)
+
+    def step(_: int):                                                                 # a random point in each of a batch of masks
         pick = rng.integers(0, len(pairs), batch_size)
         pred, gt = _point_batch(sam, S, pixels, pairs, pick, rng, train_encoder)
-        loss = 2.0 * sigmoid_bce_loss(pred, gt, batch_size) + 0.5 * dice_loss(pred, gt, batch_size)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        losses.append(float(loss.detach()))
-        if log is not None and (step + 1) % 20 == 0: log({"kind": "sam", "step": step + 1, "loss/sam": float(np.mean(losses[-20:]))})
+        return 2.0 * sigmoid_bce_loss(pred, gt, batch_size) + 0.5 * dice_loss(pred, gt, batch_size)
+    t0 = time.perf_counter()
+    res = fit(step, params, steps, lr=lr, schedule=lambda s: warmup_cosine_lr(s, lr, 20, steps), log_every=20,
+              log=None if log is None else (lambda r: log({"kind": "sam", "step": r.step, "loss/sam": float(np.mean(r.losses[-20:]))})))
+    losses = res["losses"]
     dec.requires_grad_(False); sam.image_encoder.requires_grad_(False)
     vi, vp = _point_pairs(data_dir, "val", 64, seed)                              # held-out images: one point per mask
     inter = union = 0.0
@@ -465,6 +470,66 @@ def _load() -> str:
     try: return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError: return "n/a"
 
+def _fresh_run_folder(out: Path, overwrite: bool) -> Path:
+    "An empty run folder at `out` (an existing one with files only with `overwrite`)."
+    if out.exists() and any(out.iterdir()):
+        if not overwrite: raise FileExistsError(f"run folder {out} already exists; pass --overwrite to replace it or --out to choose another")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+def _write_data(cfg: LLMBindConfig, out: Path, quick: bool, seed: int, phrasing: str):
+    "Step 1: the shapes world (out/data), the second test set (out/data_pairs) and the world's tokenizer."
+    sizes = demo_sizes(quick)
+    ensure_shapes_world(cfg.data.data_dir, sizes, seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names,
+                        phrasing=phrasing)
+    # the second test set: the same held-out pairs, asked in the training templates (09_synthetic)
+    ensure_shapes_world(out / "data_pairs", {"test": sizes["test"]}, seed=seed, image_size=cfg.data.image_size,
+                        kinds=cfg.segment.class_names, templates="train", phrasing=phrasing)
+    if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed, chat=cfg.chat)
+
+def _run_stage_b(cfg: LLMBindConfig, out: Path, nproc: int, progress: bool) -> dict:
+    "Step 3: stage B on `nproc` DeepSpeed ranks (`llmbind.train.launch` with the pipeline's functions); the ranks import this llmbind."
+    import llmbind
+    from llmbind.train import launch
+    pkg_root = str(Path(llmbind.__file__).resolve().parent.parent)      # the ranks import this very llmbind, wherever it lives
+    old_pp, old_shm = os.environ.get("PYTHONPATH"), os.environ.get("LLMBIND_DS_SHM")
+    os.environ["PYTHONPATH"] = pkg_root + (os.pathsep + old_pp if old_pp else "")
+    # DeepSpeed's shared-memory all-reduce only if it is compiled already: compiling it costs ~50 s once, plain gloo
+    # costs ~0.035 s a step (the weights come out the same either way)
+    if old_shm is None: os.environ["LLMBIND_DS_SHM"] = "cached"
+    try:
+        return launch(nproc, cfg, out_dir=out / "stage_b", progress=progress, **pipeline_functions(cfg))
+    finally:
+        if old_pp is None: os.environ.pop("PYTHONPATH", None)
+        else: os.environ["PYTHONPATH"] = old_pp
+        if old_shm is None: os.environ.pop("LLMBIND_DS_SHM", None)
+
+def _evaluate_run(cfg: LLMBindConfig, out: Path, eval_per_leaf, seed: int) -> tuple[dict, dict]:
+    "Step 4: save out/model, read the expert load per task, evaluate both test sets; (routing, `evaluate_sets` result)."
+    torch.set_num_threads(1)
+    model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
+    model.save_pretrained(out / "model")              # with its chat format: what `llmbind eval` and `llmbind chat` read
+    routing = routing_by_task(model, cfg, load_shapes_world(cfg.data.data_dir, "test", seed=seed))
+    del model
+    # the one evaluation, the one `llmbind eval --run RUN` repeats: both test sets, each in its own process
+    return routing, evaluate_sets(out, demo_eval_settings(eval_per_leaf, seed), progress=False, jobs=2)
+
+def _write_outputs(out: Path, sets: dict, evaluation: dict, routing: dict):
+    "Step 5a: the plots and the records of every scored turn of each test set."
+    plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png")
+    plot_masks(sets["test"].get("examples") or [], out / "masks.png"); plot_confusions(evaluation, out / "confusion.png")
+    for name, r in sets.items():
+        (out / f"eval_records_{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["records"]))
+        (out / f"eval_records_{name}_free.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["free_records"]))
+
+def _sample_answers(records: list, seed: int) -> list[dict]:
+    "One scored turn of each kind (a seeded pick): gold and predicted answer, for the report."
+    rng = random.Random(seed)
+    picks = [r for k in sorted({r["kind"] for r in records}) for r in rng.sample([r for r in records if r["kind"] == k], 1)]
+    return [{k: r[k] for k in ("kind", "reference", "prediction")} for r in picks]
+
+# %% ../nbs/11a_demo.ipynb #15a77d54
 def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/, stage_b/, report.*)
              steps_a: int = 900,                  # stage A optimizer steps on the mixture (batch `batch_a`)
              copy_steps: Optional[int] = None,    # stage A steps on copy dialogues before them (default 300, quick 10)
@@ -481,72 +546,34 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
              phrasing: str = "templates",         # the world's requests: "templates" (banks) or "space" (composed, 09_synthetic)
              command: str = "llmbind demo") -> dict:
     "Shapes world -> stage A base -> stage B LLMBind on DeepSpeed -> test-split evaluation -> report; returns the report."
-    from llmbind.train import launch
-    import llmbind
-    from safetensors.torch import load_file
     t_start, timings = time.perf_counter(), {}
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite: raise FileExistsError(f"run folder {out} already exists; pass --overwrite to replace it or --out to choose another")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _fresh_run_folder(Path(out_dir), overwrite)
     load_start = _load()
     cfg = demo_config(out, steps_b=steps_b, quick=quick, seed=seed)
     say = (lambda *a: print("llmbind demo:", *a, file=sys.stderr, flush=True)) if progress else (lambda *a: None)
     t = time.perf_counter()
-    sizes = demo_sizes(quick)
-    ensure_shapes_world(cfg.data.data_dir, sizes, seed=seed, image_size=cfg.data.image_size, kinds=cfg.segment.class_names,
-                        phrasing=phrasing)
-    # the second test set: the same held-out pairs, asked in the training templates (09_synthetic)
-    ensure_shapes_world(out / "data_pairs", {"test": sizes["test"]}, seed=seed, image_size=cfg.data.image_size,
-                        kinds=cfg.segment.class_names, templates="train", phrasing=phrasing)
-    if cfg.llm.tokenizer_path: train_demo_tokenizer(cfg.data.data_dir, cfg.llm.tokenizer_path, cfg.llm.vocab_size, seed=seed, chat=cfg.chat)
+    _write_data(cfg, out, quick, seed, phrasing)
     timings["data"] = time.perf_counter() - t; say(f"shapes world and tokenizer written in {timings['data']:.0f}s")
     t = time.perf_counter()
-    sam_steps = (10 if quick else 1200) if sam_steps is None else sam_steps
-    copy_steps = (10 if quick else 300) if copy_steps is None else copy_steps
-    sa = train_stage_a(cfg, out / "stage_a", steps=steps_a, batch_size=batch_a, seed=seed, progress=progress, sam_steps=sam_steps,
-                       copy_steps=copy_steps,
+    sa = train_stage_a(cfg, out / "stage_a", steps=steps_a, batch_size=batch_a, seed=seed, progress=progress,
+                       sam_steps=(10 if quick else 1200) if sam_steps is None else sam_steps,
+                       copy_steps=(10 if quick else 300) if copy_steps is None else copy_steps,
                        time_limit=minutes_a * 60 if minutes_a else None)
     timings["stage_a"] = time.perf_counter() - t; say(f"stage A: {sa['steps']} steps in {timings['stage_a']:.0f}s")
     t = time.perf_counter()
-    pkg_root = str(Path(llmbind.__file__).resolve().parent.parent)      # the ranks import this very llmbind, wherever it lives
-    old_pp, old_shm = os.environ.get("PYTHONPATH"), os.environ.get("LLMBIND_DS_SHM")
-    os.environ["PYTHONPATH"] = pkg_root + (os.pathsep + old_pp if old_pp else "")
-    # DeepSpeed's shared-memory all-reduce only if it is compiled already: compiling it costs ~50 s once, plain gloo
-    # costs ~0.035 s a step (the weights come out the same either way)
-    if old_shm is None: os.environ["LLMBIND_DS_SHM"] = "cached"
-    try:
-        sb = launch(nproc, cfg, out_dir=out / "stage_b", progress=progress, **pipeline_functions(cfg))
-    finally:
-        if old_pp is None: os.environ.pop("PYTHONPATH", None)
-        else: os.environ["PYTHONPATH"] = old_pp
-        if old_shm is None: os.environ.pop("LLMBIND_DS_SHM", None)
+    sb = _run_stage_b(cfg, out, nproc, progress)
     timings["stage_b"] = time.perf_counter() - t; say(f"stage B: {sb['step']} steps in {timings['stage_b']:.0f}s")
     t = time.perf_counter()
-    torch.set_num_threads(1)
-    model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
-    model.save_pretrained(out / "model")              # with its chat format: what `llmbind eval` and `llmbind chat` read
-    routing = routing_by_task(model, cfg, load_shapes_world(cfg.data.data_dir, "test", seed=seed))
-    del model
-    # the one evaluation, the one `llmbind eval --run RUN` repeats: both test sets, each in its own process
-    res = evaluate_sets(out, demo_eval_settings(eval_per_leaf, seed), progress=False, jobs=2)
+    routing, res = _evaluate_run(cfg, out, eval_per_leaf, seed)
     sets = res["sets"]
     timings["evaluation"] = time.perf_counter() - t
     say(f"evaluated {sum(r['n_answers'] for r in sets.values())} test turns in {timings['evaluation']:.0f}s")
     t = time.perf_counter()
     evaluation = sets_summary(res)
-    plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png")
-    plot_masks(sets["test"].get("examples") or [], out / "masks.png"); plot_confusions(evaluation, out / "confusion.png")
-    for name, r in sets.items():
-        (out / f"eval_records_{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["records"]))
-        (out / f"eval_records_{name}_free.jsonl").write_text("".join(json.dumps(x) + "\n" for x in r["free_records"]))
-    rng = random.Random(seed)
-    rows = sets["test"]["records"]
-    picks = [r for k in sorted({r["kind"] for r in rows}) for r in rng.sample([r for r in rows if r["kind"] == k], 1)]
+    _write_outputs(out, sets, evaluation, routing)
     report = {"command": command, "evaluation": evaluation, "routing": routing, "stage_a": sa, "stage_b": sb, "timings": timings,
               "machine": {"cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()},
-              "config": cfg.to_dict(), "samples": [{k: r[k] for k in ("kind", "reference", "prediction")} for r in picks]}
+              "config": cfg.to_dict(), "samples": _sample_answers(sets["test"]["records"], seed)}
     timings["report"] = time.perf_counter() - t
     report["wall_time_s"] = time.perf_counter() - t_start
     report["targets"] = demo_targets(report)
@@ -554,6 +581,7 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     say(f"report: {out / 'report.md'}")
     return report
 
+# %% ../nbs/11a_demo.ipynb #0cf8c4ce
 def demo_command(argv: Sequence[str]) -> int:
     "`llmbind demo`: the tiny end-to-end job on CPU (data, stage A, stage B on DeepSpeed, evaluation, report)."
     p = argparse.ArgumentParser(prog="llmbind demo", description="The tiny end-to-end LLMBind job on CPU.")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from llmbind.config import LLMBindConfig, ConfigError
 from llmbind.train import (launch, read_metrics, read_latest, list_checkpoints, warmup_decay_lr, train_command,
-                           METRICS)
+                           METRICS, fit, batch_step, optimizer_for, standin_model, standin_data)
 
 # use DeepSpeed's compiled CPU shm op when it is cached; otherwise plain gloo instead of a minutes-long compile
 os.environ.setdefault("LLMBIND_DS_SHM", "cached")
@@ -74,6 +74,21 @@ def test_loss_falls_and_everything_is_logged(runs):
     assert [r["step"] for r in read_metrics(a, "eval")] == [5, 10]
     assert runs["a"]["step"] == STEPS and runs["a"]["world_size"] == 2
     assert list_checkpoints(a / "checkpoints") == ["step_000009", "step_000010"] and read_latest(a / "checkpoints") == "step_000010"
+
+
+def test_fit_is_the_engine_on_one_rank(tmp_path):
+    "The plain loop: `fit` with the engine's AdamW, WarmupDecayLR and clipping trains the stand-in as `train` does on one rank."
+    cfg = config().override("train.grad_accum=1", "train.nproc=1", f"train.save_every={STEPS}", f"train.eval_every={STEPS}")
+    launch(1, cfg, M, D, tmp_path / "engine", quiet=True, progress=False)
+    engine = read_metrics(tmp_path / "engine", "train")
+    t = cfg.train
+    torch.manual_seed(t.seed)                                             # as `train` seeds rank 0 before model_fn
+    model = standin_model(cfg)
+    plain = []
+    fit(batch_step(model, standin_data(cfg, seed=t.seed)), steps=t.total_steps, optimizer=optimizer_for(model, t), clip=t.grad_clip,
+        schedule=lambda s: warmup_decay_lr(s, t.lr, t.warmup_steps, t.total_steps), log=lambda r: plain.append((r.loss, r.lr)))
+    assert [r["lr"] for r in engine] == pytest.approx([lr for _, lr in plain], abs=1e-12)
+    assert [r["loss"] for r in engine] == pytest.approx([l for l, _ in plain], abs=1e-4)
 
 
 def test_nonfinite_loss_is_skipped_on_all_ranks(runs):

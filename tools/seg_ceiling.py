@@ -24,6 +24,7 @@ from llmbind.pipeline import chat_collator
 from llmbind.losses import dice_loss, sigmoid_bce_loss
 from llmbind.model import LLMBindForCausalLM
 from llmbind.segment import decode_masks, gather_embedding_states
+from llmbind.train import fit
 from llmbind.synthetic import COLOURS, SHAPES, load_shapes_world
 
 
@@ -57,9 +58,9 @@ def probe(X, y, Xt, yt, steps=500):
     Y, Yt = torch.tensor([ix[c] for c in y]), torch.tensor([ix.get(c, -1) for c in yt])
     mu, sd = X.mean(0), X.std(0) + 1e-5
     X, Xt = (X - mu) / sd, (Xt - mu) / sd
-    head = torch.nn.Linear(X.shape[1], len(classes)); opt = torch.optim.Adam(head.parameters(), 1e-2, weight_decay=1e-4)
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(X), Y); opt.zero_grad(); loss.backward(); opt.step()
+    head = torch.nn.Linear(X.shape[1], len(classes))
+    fit(lambda s: torch.nn.functional.cross_entropy(head(X), Y), steps=steps,          # full batch, every step
+        optimizer=torch.optim.Adam(head.parameters(), 1e-2, weight_decay=1e-4))
     with torch.no_grad(): return float((head(X).argmax(1) == Y).float().mean()), float((head(Xt).argmax(1) == Yt).float().mean())
 
 
@@ -107,18 +108,20 @@ def main(argv=None):
     print(f"the run as it is: referring cIoU training {ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f}")
     # what stage B trains of the mask side (the model's freezing policy, kept by the copies)
     params = [p for p in (*fcs.parameters(), *sam.mask_decoder.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.0)
     S, E, M, _ = train
     g = torch.Generator().manual_seed(0)
-    for step in range(1, a.steps + 1):
+
+    def step(_):                          # a random batch of cached states -> masks, stage B's mask loss (Eq. 9)
         i = torch.randint(0, len(S), (a.batch,), generator=g)
         pred = masks(fcs, sam, S[i], E[i], M[i], size)
-        loss = cfg.loss.bce_weight * sigmoid_bce_loss(pred, M[i], a.batch) + cfg.loss.dice_weight * dice_loss(pred, M[i], a.batch)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if step % 300 == 0 or step == a.steps:
-            print(f"mask side alone, step {step} ({step * a.batch} expressions): referring cIoU training "
-                  f"{ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f} ({time.perf_counter() - t0:.0f}s)",
-                  flush=True)
+        return cfg.loss.bce_weight * sigmoid_bce_loss(pred, M[i], a.batch) + cfg.loss.dice_weight * dice_loss(pred, M[i], a.batch)
+
+    def report(r):
+        print(f"mask side alone, step {r.step} ({r.step * a.batch} expressions): referring cIoU training "
+              f"{ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f} ({time.perf_counter() - t0:.0f}s)",
+              flush=True)
+
+    fit(step, params, a.steps, lr=a.lr, weight_decay=0.0, log=report, log_every=300)   # plain AdamW at a constant lr
 
 
 if __name__ == "__main__":
