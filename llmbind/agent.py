@@ -21,7 +21,7 @@ from .generators import (Artifact, GeneratorRegistry, GeneratorNotConfigured, Mi
 __all__ = ['EMBEDDING_TASKS', 'known_tags', 'unknown_tags', 'problem_message', 'call_tag', 'failure_message', 'mask_overlay',
            'box_overlay', 'Turn', 'LLMBindAgent', 'chat_command']
 
-# %% ../nbs/13_agent.ipynb #9923da35
+# %% ../nbs/13_agent.ipynb #a2503ad2
 EMBEDDING_TASKS = tuple(t.task for t in TASK_TOKENS if t.kind == "embedding")    # seg, det, cls: decoded by the model
 _GENERATOR_FIELDS = {"gen": ("image", "image_gen_path"), "edit": ("image-editing", "image_edit_path"),
                      "video": ("video", "video_path"), "audio": ("audio", "audio_path")}
@@ -48,6 +48,7 @@ def unknown_tags(text: str, # a response
         if s not in known and s not in out and s not in ("<s>", "</s>", "<unk>", "<pad>"): out.append(s)
     return out
 
+# %% ../nbs/13_agent.ipynb #3dc70648
 def problem_message(problem: ParseProblem) -> str:
     "One readable sentence for a malformed piece of a response."
     if problem.kind == "no_image":
@@ -109,7 +110,7 @@ def box_overlay(image, # the image the boxes belong to
         if labels is not None and i < len(labels) and min(W, H) >= 64: draw.text((x0 + 2, y0 + 1), str(labels[i]), fill=tuple(color))
     return img
 
-# %% ../nbs/13_agent.ipynb #e1a4562e
+# %% ../nbs/13_agent.ipynb #b5cb1400
 @dataclass
 class Turn:
     "One exchange: the user's text and image, the answer, its task calls, the artifacts they made, and notes."
@@ -134,37 +135,38 @@ class Turn:
         "The artifacts of one kind and/or task (e.g. `find('image', 'seg')` for the mask overlays)."
         return [a for a in self.artifacts if (kind is None or a.kind == kind) and (task is None or a.task == task)]
 
-    def to_dict(self) -> dict:
-        "JSON-ready record of the turn (artifacts by path and description, no pixel data)."
-        return dict(index=self.index, conversation=self.conversation, user=self.user,
-                    image=str(self.image_path) if self.image_path else (None if self.image is None else "(not saved)"),
-                    response=self.response,
-                    calls=[dict(task=c.task, prompt=c.prompt, tag=c.tag, span=list(c.span)) for c in self.calls],
-                    artifacts=[a.to_dict() for a in self.artifacts], messages=list(self.messages),
-                    problems=[dict(kind=p.kind, message=p.message, span=list(p.span)) for p in self.problems],
-                    seconds=round(float(self.seconds), 4))
+# %% ../nbs/13_agent.ipynb #4f96e938
+def _turn_to_dict(self) -> dict:
+    "JSON-ready record of the turn (artifacts by path and description, no pixel data)."
+    return dict(index=self.index, conversation=self.conversation, user=self.user,
+                image=str(self.image_path) if self.image_path else (None if self.image is None else "(not saved)"),
+                response=self.response,
+                calls=[dict(task=c.task, prompt=c.prompt, tag=c.tag, span=list(c.span)) for c in self.calls],
+                artifacts=[a.to_dict() for a in self.artifacts], messages=list(self.messages),
+                problems=[dict(kind=p.kind, message=p.message, span=list(p.span)) for p in self.problems],
+                seconds=round(float(self.seconds), 4))
 
-    def summary(self) -> str:
-        "A few lines of text: the exchange, one line per artifact, one per note."
-        lines = [f"turn {self.index}" + (f" | user: {self.user}" if self.user is not None else "") + ("  [+image]" if self.image is not None else ""),
-                 f"  assistant: {self.response}"]
-        for a in self.artifacts:
-            lines.append(f"  {a.task or '?':<6} {a.kind:<6} {a.describe()}" + (f" -> {a.path}" if a.path else ""))
-        lines += [f"  ! {m}" for m in self.messages]
-        return "\n".join(lines)
+def _turn_summary(self) -> str:
+    "A few lines of text: the exchange, one line per artifact, one per note."
+    lines = [f"turn {self.index}" + (f" | user: {self.user}" if self.user is not None else "") + ("  [+image]" if self.image is not None else ""),
+             f"  assistant: {self.response}"]
+    for a in self.artifacts:
+        lines.append(f"  {a.task or '?':<6} {a.kind:<6} {a.describe()}" + (f" -> {a.path}" if a.path else ""))
+    lines += [f"  ! {m}" for m in self.messages]
+    return "\n".join(lines)
 
-    __repr__ = summary
+def _turn_show(self):
+    "Display the exchange and every artifact inline (in a notebook)."
+    from IPython.display import display, Markdown
+    esc = lambda s: html.escape(s or "").replace("\n", "  \n")
+    md = (f"**user:** {esc(self.user)}  \n" if self.user is not None else "") + f"**assistant:** {esc(self.response)}"
+    md += "".join(f"  \n⚠ {esc(m)}" for m in self.messages)
+    display(Markdown(md))
+    for a in self.artifacts: display(a.show())
 
-    def show(self):
-        "Display the exchange and every artifact inline (in a notebook)."
-        from IPython.display import display, Markdown
-        esc = lambda s: html.escape(s or "").replace("\n", "  \n")
-        md = (f"**user:** {esc(self.user)}  \n" if self.user is not None else "") + f"**assistant:** {esc(self.response)}"
-        md += "".join(f"  \n⚠ {esc(m)}" for m in self.messages)
-        display(Markdown(md))
-        for a in self.artifacts: display(a.show())
+Turn.to_dict, Turn.summary, Turn.__repr__, Turn.show = _turn_to_dict, _turn_summary, _turn_summary, _turn_show
 
-# %% ../nbs/13_agent.ipynb #2fdd51dd
+# %% ../nbs/13_agent.ipynb #26772393
 _TINY_MODELS: dict = {}       # (seed, device) -> model built by `from_preset("tiny")`, shared by agents
 _TURN_FILE = re.compile(r"t(\d+)_")   # the files of turn N start with tNNN_
 
@@ -192,27 +194,6 @@ class LLMBindAgent:
         self.conversation, self._turn_no, self._n_calls = 0, 0, 0
         if self.out_dir is not None: self._resume_index()
 
-    def _resume_index(self):
-        "Continue the numbering after conversation.json's turns and every tNNN_ file on disk, so earlier files are never overwritten."
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        self._turn_no = max((int(m[1]) for p in self.out_dir.iterdir() if (m := _TURN_FILE.match(p.name))), default=0)
-        f = self.out_dir / "conversation.json"
-        if not f.is_file(): return
-        try:
-            old = json.loads(f.read_text(encoding="utf-8"))
-            turns = old.get("turns") if isinstance(old, dict) else None
-            if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
-                raise ValueError("it is not an llmbind-chat index (no list of turns)")
-            last = max((int(t.get("index", 0)) for t in turns), default=0)
-            conversation = max((int(t.get("conversation", 0)) for t in turns), default=-1) + 1
-        except (ValueError, TypeError) as e:        # not UTF-8, not JSON, or not our index: keep it, aside, and go on
-            aside = next(a for n in itertools.count(1) if not (a := f.with_name(f"{f.name}.corrupt-{n}")).exists())
-            os.replace(f, aside)
-            warnings.warn(f"{f} is damaged ({type(e).__name__}: {e}); moved it to {aside.name}; the new index numbers "
-                          f"turns after t{self._turn_no:03d}, the last turn file in the folder", stacklevel=3)
-            return
-        self.log, self._turn_no, self.conversation = turns, max(self._turn_no, last), conversation
-
     def reset(self) -> "LLMBindAgent":
         "Start a new conversation: forget the history and the current image (files already saved stay)."
         self.history, self.current_image, self._n_calls = [], None, 0
@@ -229,6 +210,30 @@ class LLMBindAgent:
         img = "none" if self.current_image is None else f"{self.current_image.size[0]}x{self.current_image.size[1]}"
         return (f"LLMBindAgent({m}; generators: {', '.join(self.generators.tasks()) or 'none'}; "
                 f"{len(self.history)} turns; current image: {img}; out_dir: {self.out_dir})")
+
+# %% ../nbs/13_agent.ipynb #bce7eb58
+def _resume_index(self):
+    "Continue the numbering after conversation.json's turns and every tNNN_ file on disk, so earlier files are never overwritten."
+    self.out_dir.mkdir(parents=True, exist_ok=True)
+    self._turn_no = max((int(m[1]) for p in self.out_dir.iterdir() if (m := _TURN_FILE.match(p.name))), default=0)
+    f = self.out_dir / "conversation.json"
+    if not f.is_file(): return
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+        turns = old.get("turns") if isinstance(old, dict) else None
+        if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+            raise ValueError("it is not an llmbind-chat index (no list of turns)")
+        last = max((int(t.get("index", 0)) for t in turns), default=0)
+        conversation = max((int(t.get("conversation", 0)) for t in turns), default=-1) + 1
+    except (ValueError, TypeError) as e:        # not UTF-8, not JSON, or not our index: keep it, aside, and go on
+        aside = next(a for n in itertools.count(1) if not (a := f.with_name(f"{f.name}.corrupt-{n}")).exists())
+        os.replace(f, aside)
+        warnings.warn(f"{f} is damaged ({type(e).__name__}: {e}); moved it to {aside.name}; the new index numbers "
+                      f"turns after t{self._turn_no:03d}, the last turn file in the folder", stacklevel=3)
+        return
+    self.log, self._turn_no, self.conversation = turns, max(self._turn_no, last), conversation
+
+LLMBindAgent._resume_index = _resume_index
 
 # %% ../nbs/13_agent.ipynb #298df202
 def _canonical(text: str) -> str:
@@ -305,7 +310,7 @@ def _decode_embeddings(self, turn: Turn, calls: list, res=None) -> dict:
 
 LLMBindAgent._decode_embeddings = _decode_embeddings
 
-# %% ../nbs/13_agent.ipynb #55f38196
+# %% ../nbs/13_agent.ipynb #7c2cf789
 def _dispatch(self, turn: Turn, res=None):
     "Parse `turn.response` and run its calls, filling `turn.calls`, `artifacts` and `messages`."
     parsed = self.generators.parse(turn.response)
@@ -341,6 +346,9 @@ def _dispatch(self, turn: Turn, res=None):
             art.data = to_pil_image(art.data)
             self.current_image = art.data
 
+LLMBindAgent._dispatch = _dispatch
+
+# %% ../nbs/13_agent.ipynb #969d876c
 def _finish(self, turn: Turn, t0: float) -> Turn:
     "Save the turn's files, append it to the history and rewrite conversation.json."
     turn.seconds = time.perf_counter() - t0
@@ -373,7 +381,7 @@ def _new_turn(self, user, response, image) -> Turn:
     if image is not None: turn.image = self.set_image(image)
     return turn
 
-LLMBindAgent._dispatch, LLMBindAgent._finish, LLMBindAgent._write_index, LLMBindAgent._new_turn = _dispatch, _finish, _write_index, _new_turn
+LLMBindAgent._finish, LLMBindAgent._write_index, LLMBindAgent._new_turn = _finish, _write_index, _new_turn
 
 # %% ../nbs/13_agent.ipynb #b0248538
 def _execute(self, response: str, # a response with task tags, e.g. "Here it is: <gen> a cat </gen>"
@@ -409,7 +417,7 @@ def _chat(self, text: str, # the user's message
 
 LLMBindAgent.execute, LLMBindAgent.chat = _execute, _chat
 
-# %% ../nbs/13_agent.ipynb #ee70a1aa
+# %% ../nbs/13_agent.ipynb #1220e165
 def _registry_for(generators, device, dtype) -> GeneratorRegistry:
     if isinstance(generators, GeneratorRegistry): return generators
     return GeneratorRegistry.from_config(generators, device=device, dtype=dtype)
@@ -441,6 +449,9 @@ def _from_preset(cls, name: str = "tiny", # only "tiny": random-init models for 
     if key not in _TINY_MODELS: _TINY_MODELS[key] = LLMBindForCausalLM.from_config(cfg, seed=seed)
     return cls(_TINY_MODELS[key], GeneratorRegistry.from_config(cfg), out_dir=out_dir, **kwargs)
 
+LLMBindAgent.from_config, LLMBindAgent.from_preset = _from_config, _from_preset
+
+# %% ../nbs/13_agent.ipynb #4805c869
 def _model_folder(run_dir: Path) -> Path:
     "The folder of a run that holds the saved model: RUN_DIR/model or RUN_DIR itself."
     need = ("config.json", "model.safetensors", "tokenizer")
@@ -464,9 +475,9 @@ def _from_run(cls, run_dir, # a trained run: RUN_DIR/model/ or RUN_DIR itself wr
     gens = _registry_for(generators if generators is not None else cfg, str(model.device), cfg.dtype)
     return cls(model, gens, out_dir=out_dir, **kwargs)
 
-LLMBindAgent.from_config, LLMBindAgent.from_preset, LLMBindAgent.from_run = _from_config, _from_preset, _from_run
+LLMBindAgent.from_run = _from_run
 
-# %% ../nbs/13_agent.ipynb #d98a8e9e
+# %% ../nbs/13_agent.ipynb #edbf365d
 def _print_turn(turn: Turn, file=None):
     file = file or sys.stdout
     print(f"ASSISTANT: {turn.response}", file=file)
@@ -496,6 +507,7 @@ def _chat_parser() -> argparse.ArgumentParser:
                    help="config overrides for the generators, e.g. generators.video_path=/ckpt/text-to-video-ms-1.7b")
     return p
 
+# %% ../nbs/13_agent.ipynb #4173a86b
 def _agent_from_args(a) -> LLMBindAgent:
     kw = dict(out_dir=a.out, seed=a.seed, max_new_tokens=a.max_new_tokens)
     if a.checkpoint:
@@ -525,6 +537,7 @@ def _load_image(path: str):
     try: return to_pil_image(p)
     except Exception as e: raise UserError(f"cannot read {p} as an image ({type(e).__name__}: {e})") from None
 
+# %% ../nbs/13_agent.ipynb #cd28d21d
 def _repl(agent: LLMBindAgent, image=None, stdin=None, stdout=None,
           untrained: bool = False) -> int:          # the model's LLMBind parts were never trained: say its answers are noise
     "The interactive loop: one line per turn; /image PATH, /reset, /quit."
@@ -559,6 +572,7 @@ def _repl(agent: LLMBindAgent, image=None, stdin=None, stdout=None,
     if agent.out_dir is not None and agent.log: print(f"saved {agent.out_dir / 'conversation.json'}", file=stdout)
     return 0
 
+# %% ../nbs/13_agent.ipynb #3e9ad175
 def chat_command(argv: Sequence[str]) -> int:
     "`llmbind chat [TEXT] [--image F] [--checkpoint RUN_DIR | --preset tiny] [--out DIR] [--response R]`: one shot or a REPL."
     a = _chat_parser().parse_args(list(argv))

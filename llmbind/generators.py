@@ -21,15 +21,13 @@ __all__ = ['ARTIFACT_KINDS', 'PIPELINES', 'video_frames', 'to_pil_image', 'gif_b
            'FunctionGenerator', 'clear_pipeline_cache', 'DiffusersGenerator', 'ImageGenerator', 'ImageEditor',
            'VideoGenerator', 'AudioGenerator', 'parse_tagged', 'GeneratorRegistry']
 
-# %% ../nbs/12_generators.ipynb #77f83e32
+# %% ../nbs/12_generators.ipynb #381556ab
 ARTIFACT_KINDS = ("image", "video", "audio", "mask", "box", "label", "text")
 
-def _ffmpeg_exe() -> Optional[str]:
-    "Path of the ffmpeg binary that imageio-ffmpeg ships, or None when it is not available."
-    try:
-        import imageio_ffmpeg
-        return imageio_ffmpeg.get_ffmpeg_exe()
-    except Exception: return None
+def _to_uint8(a: np.ndarray) -> np.ndarray:
+    if a.dtype == np.uint8: return a
+    if np.issubdtype(a.dtype, np.floating): return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
+    return np.clip(a, 0, 255).astype(np.uint8)
 
 def video_frames(data) -> list:
     "Video data (list of images or a `(F, H, W, 3)` array, uint8 or float in [0, 1]) as a list of RGB `PIL.Image`s."
@@ -41,11 +39,7 @@ def video_frames(data) -> list:
         raise ValueError(f"video data must be a list of images or an (F, H, W, 3) array, got shape {arr.shape}")
     return [Image.fromarray(_to_uint8(f)).convert("RGB") for f in arr]
 
-def _to_uint8(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8: return a
-    if np.issubdtype(a.dtype, np.floating): return (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-    return np.clip(a, 0, 255).astype(np.uint8)
-
+# %% ../nbs/12_generators.ipynb #3d3beecc
 def to_pil_image(image) -> Image.Image:
     "An RGB `PIL.Image` from a PIL image, a file path, or an `(H, W, 3)`/`(H, W)` array (uint8, or float in [0, 1])."
     if isinstance(image, Image.Image): return image.convert("RGB")
@@ -61,6 +55,14 @@ def to_pil_image(image) -> Image.Image:
             raise ValueError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
         return Image.fromarray(_to_uint8(a)).convert("RGB")
     raise TypeError(f"expected a PIL image, a file path or an array as image, got {type(image).__name__}")
+
+# %% ../nbs/12_generators.ipynb #d5236cca
+def _ffmpeg_exe() -> Optional[str]:
+    "Path of the ffmpeg binary that imageio-ffmpeg ships, or None when it is not available."
+    try:
+        import imageio_ffmpeg
+        return imageio_ffmpeg.get_ffmpeg_exe()
+    except Exception: return None
 
 def gif_bytes(frames, fps: float) -> bytes:
     "Video frames (see `video_frames`) as a looping animated GIF file in memory."
@@ -87,7 +89,7 @@ def _write_wav(wave: np.ndarray, path: Path, sample_rate: int):
     pcm = (np.clip(np.asarray(wave, dtype=np.float32), -1, 1) * 32767).round().astype(np.int16)
     wavfile.write(str(path), int(sample_rate), pcm)
 
-# %% ../nbs/12_generators.ipynb #58826eb9
+# %% ../nbs/12_generators.ipynb #2aaad253
 @dataclass
 class Artifact:
     "One output of a task: what it is, the data, the prompt and seed that made it, and the file it was saved to."
@@ -129,54 +131,60 @@ class Artifact:
         return (f"Artifact({self.kind}: {self.describe()}, task={self.task!r}, prompt={self.prompt!r}, seed={self.seed}, "
                 f"path={str(self.path) if self.path else None!r})")
 
-    def save(self, out_dir, stem: str) -> Path:
-        "Write the data to `out_dir/stem.<ext>` (video: .gif and .mp4); sets and returns `path`."
-        out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-        if not stem or "/" in stem or "\\" in stem: raise ValueError(f"stem must be a plain file name without folders, got {stem!r}")
-        files = []
-        if self.kind == "image":
-            files.append(out / f"{stem}.png"); self._image().save(files[-1])
-        elif self.kind == "mask":
-            m = (np.asarray(self.data, dtype=np.float32) > 0.5).astype(np.uint8) * 255   # (H, W)
-            files.append(out / f"{stem}.png"); Image.fromarray(m, mode="L").save(files[-1])
-        elif self.kind == "video":
-            frames = video_frames(self.data)
-            files.append(out / f"{stem}.gif"); _write_gif(frames, files[-1], self.fps)
-            if _ffmpeg_exe() is None:
-                warnings.warn("ffmpeg (pip package imageio-ffmpeg) is not available: the video was saved as GIF only")
-            else:
-                files.append(out / f"{stem}.mp4"); _write_mp4(frames, files[-1], self.fps)
-        elif self.kind == "audio":
-            files.append(out / f"{stem}.wav"); _write_wav(self.data, files[-1], self.sample_rate)
-        elif self.kind == "box":
-            files.append(out / f"{stem}.json")
-            files[-1].write_text(json.dumps({"box": [float(v) for v in self.data], "prompt": self.prompt}))
+# %% ../nbs/12_generators.ipynb #b8231cfe
+def _artifact_save(self, out_dir, stem: str) -> Path:
+    "Write the data to `out_dir/stem.<ext>` (video: .gif and .mp4); sets and returns `path`."
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    if not stem or "/" in stem or "\\" in stem: raise ValueError(f"stem must be a plain file name without folders, got {stem!r}")
+    files = []
+    if self.kind == "image":
+        files.append(out / f"{stem}.png"); self._image().save(files[-1])
+    elif self.kind == "mask":
+        m = (np.asarray(self.data, dtype=np.float32) > 0.5).astype(np.uint8) * 255   # (H, W)
+        files.append(out / f"{stem}.png"); Image.fromarray(m, mode="L").save(files[-1])
+    elif self.kind == "video":
+        frames = video_frames(self.data)
+        files.append(out / f"{stem}.gif"); _write_gif(frames, files[-1], self.fps)
+        if _ffmpeg_exe() is None:
+            warnings.warn("ffmpeg (pip package imageio-ffmpeg) is not available: the video was saved as GIF only")
         else:
-            files.append(out / f"{stem}.txt"); files[-1].write_text(str(self.data))
-        self.path, self.extra["files"] = files[-1], [str(f) for f in files]
-        return self.path
+            files.append(out / f"{stem}.mp4"); _write_mp4(frames, files[-1], self.fps)
+    elif self.kind == "audio":
+        files.append(out / f"{stem}.wav"); _write_wav(self.data, files[-1], self.sample_rate)
+    elif self.kind == "box":
+        files.append(out / f"{stem}.json")
+        files[-1].write_text(json.dumps({"box": [float(v) for v in self.data], "prompt": self.prompt}))
+    else:
+        files.append(out / f"{stem}.txt"); files[-1].write_text(str(self.data))
+    self.path, self.extra["files"] = files[-1], [str(f) for f in files]
+    return self.path
 
-    def to_dict(self) -> dict:
-        "JSON-ready metadata (no pixel or sample data): kind, task, prompt, seed, path, files and scalar extras."
-        ex = {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool)) or v is None}
-        return dict(kind=self.kind, task=self.task, prompt=self.prompt, seed=self.seed, description=self.describe(),
-                    path=str(self.path) if self.path else None, files=list(self.extra.get("files", [])), extra=ex)
+Artifact.save = _artifact_save
 
-    def show(self, min_side: int = 128):
-        "An IPython display object (small images and videos are enlarged to `min_side` pixels, nearest neighbour)."
-        from IPython.display import Image as IPImage, Audio, Markdown
-        def big(im):
-            s = max(1, -(-min_side // min(im.size)))
-            return im.resize((im.size[0] * s, im.size[1] * s), Image.NEAREST) if s > 1 else im
-        if self.kind in ("image", "mask"):
-            im = self._image() if self.kind == "image" else Image.fromarray((np.asarray(self.data) > 0.5).astype(np.uint8) * 255)
-            buf = io.BytesIO(); big(im).save(buf, format="PNG"); return IPImage(data=buf.getvalue(), format="png")
-        if self.kind == "video":
-            return IPImage(data=gif_bytes([big(f) for f in video_frames(self.data)], self.fps), format="gif")
-        if self.kind == "audio":
-            w = np.asarray(self.data, dtype=np.float32); peak = float(np.abs(w).max()) if w.size else 0.0
-            return Audio(w / peak * 0.5 if peak > 0 else w, rate=self.sample_rate, normalize=False)  # played at half scale
-        return Markdown(f"**{self.kind}**: {self.describe()}")
+# %% ../nbs/12_generators.ipynb #8abe1de9
+def _artifact_to_dict(self) -> dict:
+    "JSON-ready metadata (no pixel or sample data): kind, task, prompt, seed, path, files and scalar extras."
+    ex = {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return dict(kind=self.kind, task=self.task, prompt=self.prompt, seed=self.seed, description=self.describe(),
+                path=str(self.path) if self.path else None, files=list(self.extra.get("files", [])), extra=ex)
+
+def _artifact_show(self, min_side: int = 128):
+    "An IPython display object (small images and videos are enlarged to `min_side` pixels, nearest neighbour)."
+    from IPython.display import Image as IPImage, Audio, Markdown
+    def big(im):
+        s = max(1, -(-min_side // min(im.size)))
+        return im.resize((im.size[0] * s, im.size[1] * s), Image.NEAREST) if s > 1 else im
+    if self.kind in ("image", "mask"):
+        im = self._image() if self.kind == "image" else Image.fromarray((np.asarray(self.data) > 0.5).astype(np.uint8) * 255)
+        buf = io.BytesIO(); big(im).save(buf, format="PNG"); return IPImage(data=buf.getvalue(), format="png")
+    if self.kind == "video":
+        return IPImage(data=gif_bytes([big(f) for f in video_frames(self.data)], self.fps), format="gif")
+    if self.kind == "audio":
+        w = np.asarray(self.data, dtype=np.float32); peak = float(np.abs(w).max()) if w.size else 0.0
+        return Audio(w / peak * 0.5 if peak > 0 else w, rate=self.sample_rate, normalize=False)  # played at half scale
+    return Markdown(f"**{self.kind}**: {self.describe()}")
+
+Artifact.to_dict, Artifact.show = _artifact_to_dict, _artifact_show
 
 # %% ../nbs/12_generators.ipynb #4acf67e3
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -242,7 +250,7 @@ def _quiet(errors_only: bool = False):
         if d_on: dlog.enable_progress_bar()
         if t_on: tlog.enable_progress_bar()
 
-# %% ../nbs/12_generators.ipynb #e189f9eb
+# %% ../nbs/12_generators.ipynb #cce5bd15
 def _byte_symbols() -> list[str]:
     from tokenizers import pre_tokenizers
     return sorted(pre_tokenizers.ByteLevel.alphabet())               # the 256 printable stand-ins for bytes
@@ -267,6 +275,7 @@ def _tiny_t5_tokenizer(max_length: int = 77):
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(c, -1.0) for c in "▁abcdefghijklmnopqrstuvwxyz"]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=max_length)
 
+# %% ../nbs/12_generators.ipynb #bf143d8b
 def _tiny_clip_text(seed: int):
     from transformers import CLIPTextConfig, CLIPTextModel
     torch.manual_seed(seed)
@@ -302,7 +311,7 @@ def _tiny_vocoder(seed: int):
                                                  normalize_before=False, initializer_range=0.1))
     # hop 8*5*4 = 160 samples; HiFi-GAN's default init (0.01) shrinks the signal to ~1e-6, 0.1 keeps it audible
 
-# %% ../nbs/12_generators.ipynb #f8a3d493
+# %% ../nbs/12_generators.ipynb #91303b64
 def _build_sd(seed, cls_name="StableDiffusionPipeline", in_channels=4):
     import diffusers
     cls = getattr(diffusers, cls_name)
@@ -333,6 +342,7 @@ def _build_audioldm(seed):
     return AudioLDMPipeline(vae=_tiny_vae(seed, 1), text_encoder=te, tokenizer=_tiny_roberta_tokenizer(), unet=unet,
                             scheduler=_tiny_scheduler(), vocoder=_tiny_vocoder(seed))
 
+# %% ../nbs/12_generators.ipynb #c384d9cd
 def _build_audioldm2(seed):
     from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
     from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig, GPT2Config,
@@ -386,7 +396,7 @@ def save_pipeline(pipe, folder) -> Path:
     with _quiet(): pipe.save_pretrained(folder, safe_serialization=True)
     return folder
 
-# %% ../nbs/12_generators.ipynb #f71a503c
+# %% ../nbs/12_generators.ipynb #2a56a901
 _WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
 
 def _part_problem(sub: Path, lib: str, cls: str) -> Optional[str]:
@@ -405,6 +415,7 @@ def _part_problem(sub: Path, lib: str, cls: str) -> Optional[str]:
         return f"'{sub.name}/' has no weights (*.safetensors or *.bin): the copy looks incomplete"
     return None
 
+# %% ../nbs/12_generators.ipynb #e9b96d56
 def check_pipeline_folder(kind: str, # pipeline kind or task
                           path, # local folder saved by `save_pretrained` (or copied from the hub)
                           field: Optional[str] = None, # config field that named the folder, quoted in errors
@@ -434,6 +445,7 @@ def check_pipeline_folder(kind: str, # pipeline kind or task
         if problem: raise FileNotFoundError(f"{p} is incomplete{where}: {problem}")
     return idx
 
+# %% ../nbs/12_generators.ipynb #8a2892f7
 def _variant(path: Path, idx: dict) -> Optional[str]:
     "'fp16' when the model parts only hold `*.fp16.*` weight files (a common way checkpoints are shared)."
     parts = [path / n for n, s in idx.items() if not n.startswith("_") and isinstance(s, list) and s[0] is not None
@@ -531,7 +543,7 @@ class FunctionGenerator(Generator):
     def _generate(self, prompt, image, seed): return self.fn(prompt, image=image, seed=seed)
     def __repr__(self): return f"FunctionGenerator({getattr(self.fn, '__name__', 'fn')}, task={self.task!r}, kind={self.kind!r})"
 
-# %% ../nbs/12_generators.ipynb #3da54ce0
+# %% ../nbs/12_generators.ipynb #675b14aa
 _PIPELINE_CACHE: dict = {}
 
 def clear_pipeline_cache():
@@ -567,19 +579,6 @@ class DiffusersGenerator(Generator):
         if check and self.path is not None: check_pipeline_folder(self.pipeline_name, self.path, field)
 
     @classmethod
-    def from_pretrained(cls, path, **kwargs):
-        "A generator that loads the pipeline in the local folder `path` (checked now, loaded on first use)."
-        return cls(path=path, **kwargs)
-
-    @classmethod
-    def tiny(cls, seed: int = 0, **kwargs):
-        "A generator on a tiny random pipeline with the tiny preset's sizes (override any of them with kwargs)."
-        c = _tiny_defaults()
-        kw = dict(num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale, device="cpu", dtype="float32")
-        kw.update(cls._size_kwargs(c)); kw.update(kwargs)
-        return cls(tiny=True, tiny_seed=seed, **kw)
-
-    @classmethod
     def _size_kwargs(cls, cfg: GeneratorsConfig) -> dict: return {}
 
     @property
@@ -587,26 +586,44 @@ class DiffusersGenerator(Generator):
     @property
     def loaded(self) -> bool: return self.pipe is not None
 
-    def load(self) -> "DiffusersGenerator":
-        "Build or load the pipeline once (shared through the process-wide cache)."
-        if self.pipe is None:
-            key = (self.pipeline_name, self.source, str(self.device), str(self.dtype))
-            if key not in _PIPELINE_CACHE:
-                if self.use_tiny:
-                    pipe = build_tiny_pipeline(self.pipeline_name, self.tiny_seed)
-                    if self.device.type != "cpu" or self.dtype != torch.float32:
-                        with _quiet(errors_only=True), warnings.catch_warnings():   # tiny casts: nothing to warn about
-                            warnings.simplefilter("ignore"); pipe = pipe.to(device=self.device, dtype=self.dtype)
-                else: pipe = load_pipeline(self.pipeline_name, self.path, self.device, self.dtype, self.field, **self.pipeline_kwargs)
-                _PIPELINE_CACHE[key] = pipe
-            self.pipe = _PIPELINE_CACHE[key]
-        return self
-
     def _rng(self, seed: int) -> torch.Generator: return torch.Generator("cpu").manual_seed(seed)
 
     def __repr__(self):
         return (f"{type(self).__name__}(task={self.task!r}, source={self.source!r}, device={self.device}, "
                 f"dtype={str(self.dtype).replace('torch.', '')}, steps={self.num_inference_steps}, loaded={self.loaded})")
+
+# %% ../nbs/12_generators.ipynb #eb107a1a
+def _generator_from_pretrained(cls, path, **kwargs):
+    "A generator that loads the pipeline in the local folder `path` (checked now, loaded on first use)."
+    return cls(path=path, **kwargs)
+
+def _generator_tiny(cls, seed: int = 0, **kwargs):
+    "A generator on a tiny random pipeline with the tiny preset's sizes (override any of them with kwargs)."
+    c = _tiny_defaults()
+    kw = dict(num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale, device="cpu", dtype="float32")
+    kw.update(cls._size_kwargs(c)); kw.update(kwargs)
+    return cls(tiny=True, tiny_seed=seed, **kw)
+
+DiffusersGenerator.from_pretrained = classmethod(_generator_from_pretrained)
+DiffusersGenerator.tiny = classmethod(_generator_tiny)
+
+# %% ../nbs/12_generators.ipynb #2297a014
+def _generator_load(self) -> "DiffusersGenerator":
+    "Build or load the pipeline once (shared through the process-wide cache)."
+    if self.pipe is None:
+        key = (self.pipeline_name, self.source, str(self.device), str(self.dtype))
+        if key not in _PIPELINE_CACHE:
+            if self.use_tiny:
+                pipe = build_tiny_pipeline(self.pipeline_name, self.tiny_seed)
+                if self.device.type != "cpu" or self.dtype != torch.float32:
+                    with _quiet(errors_only=True), warnings.catch_warnings():   # tiny casts: nothing to warn about
+                        warnings.simplefilter("ignore"); pipe = pipe.to(device=self.device, dtype=self.dtype)
+            else: pipe = load_pipeline(self.pipeline_name, self.path, self.device, self.dtype, self.field, **self.pipeline_kwargs)
+            _PIPELINE_CACHE[key] = pipe
+        self.pipe = _PIPELINE_CACHE[key]
+    return self
+
+DiffusersGenerator.load = _generator_load
 
 # %% ../nbs/12_generators.ipynb #121d46d1
 def _check_size(size: int, what: str = "image_size") -> int:
@@ -692,7 +709,7 @@ class AudioGenerator(DiffusersGenerator):
         wave = np.asarray(out.audios[0], dtype=np.float32)                  # (samples,)
         return wave, {"sample_rate": int(self.pipe.vocoder.config.sampling_rate)}
 
-# %% ../nbs/12_generators.ipynb #cb327c0d
+# %% ../nbs/12_generators.ipynb #d3f85e88
 _TAG_FORMAT = re.compile(r"^<[A-Za-z0-9_][A-Za-z0-9_\-]*>$")
 _CLOSE_FORMAT = re.compile(r"^</[A-Za-z0-9_][A-Za-z0-9_\-]*>$")
 
@@ -706,6 +723,7 @@ def _table_tags() -> dict[str, tuple[str, str]]:
             for o, c in ((t.open, t.close), *t.aliases): tags[o], tags[c] = (t.task, "open"), (t.task, "close")
     return tags
 
+# %% ../nbs/12_generators.ipynb #db1125a3
 def parse_tagged(text: str, # model output
                  tags: dict, # tag string -> (task, role), role one of open, close, embed
                 ) -> ParsedResponse:
@@ -745,7 +763,7 @@ def parse_tagged(text: str, # model output
         problems.append(ParseProblem("unclosed", f"{ftag} is never closed", (fs, fe)))
     return ParsedResponse(sorted(calls, key=lambda c: c.span), problems, text)
 
-# %% ../nbs/12_generators.ipynb #4abbf858
+# %% ../nbs/12_generators.ipynb #1b92eb09
 _CONFIG_TASKS = {  # task -> (generator class, GeneratorsConfig field, what it is)
     "gen": (ImageGenerator, "image_gen_path", "text-to-image generator"),
     "edit": (ImageEditor, "image_edit_path", "image editor"),
@@ -759,6 +777,7 @@ def _required_params(fn) -> int:
     return sum(1 for p in sig.parameters.values()
                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
+# %% ../nbs/12_generators.ipynb #443478bc
 class GeneratorRegistry:
     "Task name -> generator, with the tag table used to parse calls (the token table's tags plus registered ones)."
     def __init__(self):
@@ -767,32 +786,17 @@ class GeneratorRegistry:
         self._extra: dict[str, tuple] = {}        # new task -> (open_tag, close_tag or None)
         self._tags = _table_tags()
 
-    def register(self, task: str, # task name: a table task (gen, edit, ...) or a new one
-                 generator, # a Generator, a zero-argument factory, or fn(prompt, image=None, seed=0)
-                 open_tag: Optional[str] = None, # new tasks: the opening tag, e.g. "<3d>"
-                 close_tag: Optional[str] = None, # new tasks: the closing tag, e.g. "</3d>" (None: a single tag, no prompt)
-                 kind: str = "text", # artifact kind returned by a plain function
-                 needs_image: bool = False, # a plain function that changes the current image
-                ) -> "GeneratorRegistry":
-        "Add or replace the generator of `task`; a new task may bring its own tags. Returns the registry."
-        if not isinstance(task, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", task):
-            raise ValueError(f"task must be a short name of letters, digits, _ or -, got {task!r}")
-        if task in TASKS:
-            t = TASKS[task]
-            if (open_tag, close_tag) not in ((None, None), (t.open, t.close)):
-                raise ValueError(f"task '{task}' already has its tags in llmbind.tokens ({' '.join(t.strings)}); "
-                                 f"register a new task name to use {open_tag} {close_tag or ''}".rstrip())
-        elif task in self._extra:
-            if open_tag is not None and (open_tag, close_tag) != self._extra[task]:
-                raise ValueError(f"task '{task}' is registered with tags {self._extra[task]}; unregister it first to change them")
-        elif open_tag is not None:
-            self._add_tags(task, open_tag, close_tag)
-        elif close_tag is not None:
-            raise ValueError("a close_tag needs an open_tag")
-        o, c = self._extra.get(task, (None, None))
-        self._entries[task] = self._as_entry(task, generator, kind, needs_image, needs_prompt=o is None or c is not None)
-        self._missing.pop(task, None)
-        return self
+    def tasks(self) -> list[str]:
+        "Tasks that have a generator, in registration order."
+        return list(self._entries)
+
+    @property
+    def not_configured(self) -> dict[str, str]:
+        "Table tasks without a generator -> the message `get` raises (which config field to set)."
+        return dict(self._missing)
+
+    def __contains__(self, task) -> bool: return task in self._entries
+    def __len__(self) -> int: return len(self._entries)
 
     def _add_tags(self, task, open_tag, close_tag):
         if not _TAG_FORMAT.match(open_tag): raise ValueError(f"open_tag must look like <name>, got {open_tag!r}")
@@ -812,105 +816,135 @@ class GeneratorRegistry:
         if isinstance(g, type) or _required_params(g) == 0: return g          # a factory, called on first get()
         return FunctionGenerator(g, task, kind=kind, needs_image=needs_image, needs_prompt=needs_prompt)
 
-    def unregister(self, task: str) -> "GeneratorRegistry":
-        "Remove a task's generator (and its tags, if the registry added them)."
-        self._entries.pop(task, None); self._missing.pop(task, None)
-        for s in self._extra.pop(task, ()):
-            if s is not None: self._tags.pop(s, None)
-        return self
+# %% ../nbs/12_generators.ipynb #31c1b971
+def _registry_register(self, task: str, # task name: a table task (gen, edit, ...) or a new one
+             generator, # a Generator, a zero-argument factory, or fn(prompt, image=None, seed=0)
+             open_tag: Optional[str] = None, # new tasks: the opening tag, e.g. "<3d>"
+             close_tag: Optional[str] = None, # new tasks: the closing tag, e.g. "</3d>" (None: a single tag, no prompt)
+             kind: str = "text", # artifact kind returned by a plain function
+             needs_image: bool = False, # a plain function that changes the current image
+            ) -> "GeneratorRegistry":
+    "Add or replace the generator of `task`; a new task may bring its own tags. Returns the registry."
+    if not isinstance(task, str) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_\-]*", task):
+        raise ValueError(f"task must be a short name of letters, digits, _ or -, got {task!r}")
+    if task in TASKS:
+        t = TASKS[task]
+        if (open_tag, close_tag) not in ((None, None), (t.open, t.close)):
+            raise ValueError(f"task '{task}' already has its tags in llmbind.tokens ({' '.join(t.strings)}); "
+                             f"register a new task name to use {open_tag} {close_tag or ''}".rstrip())
+    elif task in self._extra:
+        if open_tag is not None and (open_tag, close_tag) != self._extra[task]:
+            raise ValueError(f"task '{task}' is registered with tags {self._extra[task]}; unregister it first to change them")
+    elif open_tag is not None:
+        self._add_tags(task, open_tag, close_tag)
+    elif close_tag is not None:
+        raise ValueError("a close_tag needs an open_tag")
+    o, c = self._extra.get(task, (None, None))
+    self._entries[task] = self._as_entry(task, generator, kind, needs_image, needs_prompt=o is None or c is not None)
+    self._missing.pop(task, None)
+    return self
 
-    def get(self, task: str) -> Generator:
-        "The generator of `task` (a factory is called once, here); `GeneratorNotConfigured` if there is none."
-        if task in self._entries:
-            g = self._entries[task]
+GeneratorRegistry.register = _registry_register
+
+# %% ../nbs/12_generators.ipynb #724743ea
+def _registry_unregister(self, task: str) -> "GeneratorRegistry":
+    "Remove a task's generator (and its tags, if the registry added them)."
+    self._entries.pop(task, None); self._missing.pop(task, None)
+    for s in self._extra.pop(task, ()):
+        if s is not None: self._tags.pop(s, None)
+    return self
+
+def _registry_get(self, task: str) -> Generator:
+    "The generator of `task` (a factory is called once, here); `GeneratorNotConfigured` if there is none."
+    if task in self._entries:
+        g = self._entries[task]
+        if not isinstance(g, Generator):
+            g = g()
             if not isinstance(g, Generator):
-                g = g()
-                if not isinstance(g, Generator):
-                    g = FunctionGenerator(g, task) if callable(g) else None
-                if g is None: raise TypeError(f"the factory registered for '{task}' did not return a Generator")
-                self._entries[task] = g
-            return g
-        if task in self._missing: raise GeneratorNotConfigured(self._missing[task])
-        known = ", ".join(self.tasks()) or "none"
-        raise GeneratorNotConfigured(f"no generator for task '{task}' (registered: {known}); add one with registry.register('{task}', ...)")
+                g = FunctionGenerator(g, task) if callable(g) else None
+            if g is None: raise TypeError(f"the factory registered for '{task}' did not return a Generator")
+            self._entries[task] = g
+        return g
+    if task in self._missing: raise GeneratorNotConfigured(self._missing[task])
+    known = ", ".join(self.tasks()) or "none"
+    raise GeneratorNotConfigured(f"no generator for task '{task}' (registered: {known}); add one with registry.register('{task}', ...)")
 
-    def tasks(self) -> list[str]:
-        "Tasks that have a generator, in registration order."
-        return list(self._entries)
+GeneratorRegistry.unregister, GeneratorRegistry.get = _registry_unregister, _registry_get
 
-    @property
-    def not_configured(self) -> dict[str, str]:
-        "Table tasks without a generator -> the message `get` raises (which config field to set)."
-        return dict(self._missing)
+# %% ../nbs/12_generators.ipynb #7ee102e2
+def _registry_parse(self, text: str) -> ParsedResponse:
+    "Parse a response with the table's tags and every registered tag (same rules as `parse_response`)."
+    return parse_tagged(text, self._tags)
 
-    def __contains__(self, task) -> bool: return task in self._entries
-    def __len__(self) -> int: return len(self._entries)
+def _registry_tags(self, task: str) -> tuple:
+    "(open, close) tags of a task (close is None for single tags)."
+    if task in TASKS: return (TASKS[task].open, TASKS[task].close)
+    if task in self._extra: return self._extra[task]
+    raise KeyError(f"task '{task}' has no tags (table tasks: {', '.join(TASKS)}; registered: {', '.join(self._extra) or 'none'})")
 
-    def parse(self, text: str) -> ParsedResponse:
-        "Parse a response with the table's tags and every registered tag (same rules as `parse_response`)."
-        return parse_tagged(text, self._tags)
+def _registry_format_call(self, task: str, prompt: Optional[str] = None) -> str:
+    "The text of one call, for table tasks and registered ones (`'<3d> a teapot </3d>'`)."
+    if task in TASKS: return format_call(task, prompt)
+    o, c = self.tags(task)
+    if c is None:
+        if prompt is not None: raise ValueError(f"{o} is a single tag and takes no prompt")
+        return o
+    if prompt is None or not prompt.strip(): raise ValueError(f"{o} needs a non-empty prompt")
+    if any(s in prompt for s in self._tags): raise ValueError(f"the prompt {prompt!r} contains a task tag")
+    return f"{o} {prompt.strip()} {c}"
 
-    def tags(self, task: str) -> tuple:
-        "(open, close) tags of a task (close is None for single tags)."
-        if task in TASKS: return (TASKS[task].open, TASKS[task].close)
-        if task in self._extra: return self._extra[task]
-        raise KeyError(f"task '{task}' has no tags (table tasks: {', '.join(TASKS)}; registered: {', '.join(self._extra) or 'none'})")
+def _registry_new_tag_strings(self) -> list[str]:
+    "Tags registered here that the token table does not have (add them to a tokenizer to teach a model)."
+    return [s for o, c in self._extra.values() for s in (o, c) if s is not None]
 
-    def format_call(self, task: str, prompt: Optional[str] = None) -> str:
-        "The text of one call, for table tasks and registered ones (`'<3d> a teapot </3d>'`)."
-        if task in TASKS: return format_call(task, prompt)
-        o, c = self.tags(task)
-        if c is None:
-            if prompt is not None: raise ValueError(f"{o} is a single tag and takes no prompt")
-            return o
-        if prompt is None or not prompt.strip(): raise ValueError(f"{o} needs a non-empty prompt")
-        if any(s in prompt for s in self._tags): raise ValueError(f"the prompt {prompt!r} contains a task tag")
-        return f"{o} {prompt.strip()} {c}"
+GeneratorRegistry.parse, GeneratorRegistry.tags = _registry_parse, _registry_tags
+GeneratorRegistry.format_call, GeneratorRegistry.new_tag_strings = _registry_format_call, _registry_new_tag_strings
 
-    def new_tag_strings(self) -> list[str]:
-        "Tags registered here that the token table does not have (add them to a tokenizer to teach a model)."
-        return [s for o, c in self._extra.values() for s in (o, c) if s is not None]
+# %% ../nbs/12_generators.ipynb #00565e72
+def _registry_run(self, call: Union[TaskCall, str], # a parsed call, or a task name
+        prompt: Optional[str] = None, image=None, seed: int = 0) -> Artifact:
+    "Run one call (or task + prompt) through its generator."
+    if isinstance(call, TaskCall): task, prompt = call.task, call.prompt
+    else: task = call
+    return self.get(task)(prompt, image=image, seed=seed)
 
-    def run(self, call: Union[TaskCall, str], # a parsed call, or a task name
-            prompt: Optional[str] = None, image=None, seed: int = 0) -> Artifact:
-        "Run one call (or task + prompt) through its generator."
-        if isinstance(call, TaskCall): task, prompt = call.task, call.prompt
-        else: task = call
-        return self.get(task)(prompt, image=image, seed=seed)
+def _registry_load_all(self) -> "GeneratorRegistry":
+    "Load every generator now instead of on first use."
+    for t in self.tasks(): self.get(t).load()
+    return self
 
-    def load_all(self) -> "GeneratorRegistry":
-        "Load every generator now instead of on first use."
-        for t in self.tasks(): self.get(t).load()
-        return self
+GeneratorRegistry.run, GeneratorRegistry.load_all = _registry_run, _registry_load_all
 
-    @classmethod
-    def from_config(cls, cfg: Union[GeneratorsConfig, LLMBindConfig], # generator settings (or the whole config)
-                    device: Optional[str] = None, # default: the config's device (LLMBindConfig) or auto
-                    dtype: Optional[str] = None, # default: the config's dtype (LLMBindConfig) or auto
-                   ) -> "GeneratorRegistry":
-        "Registry with gen/edit/video/audio: a loader where a path is set, tiny where `cfg.tiny`, else not configured."
-        if isinstance(cfg, LLMBindConfig):
-            device, dtype, cfg = device or cfg.device, dtype or cfg.dtype, cfg.generators
-        if not isinstance(cfg, GeneratorsConfig):
-            raise TypeError(f"expected a GeneratorsConfig or LLMBindConfig, got {type(cfg).__name__}")
-        cfg.validate()
-        device, dtype = device or "auto", dtype or "auto"
-        reg = cls()
-        for task, (gcls, fld, what) in _CONFIG_TASKS.items():
-            path = getattr(cfg, fld)
-            kw = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, **gcls._size_kwargs(cfg))
-            if path: reg.register(task, gcls(path=path, device=device, dtype=dtype, check=False, field=fld, **kw))
-            elif cfg.tiny: reg.register(task, gcls(tiny=True, device=device, dtype=dtype, **kw))
-            else:
-                kind = pipeline_kind(cfg.audio_kind if task == "audio" else task)
-                reg._missing[task] = (f"no {what} is configured for <{task}>: set generators.{fld} to a local "
-                                      f"{kind.pipeline} folder (e.g. {kind.checkpoint}/), or generators.tiny=true for tiny random ones")
-        return reg
+# %% ../nbs/12_generators.ipynb #99792801
+def _registry_from_config(cls, cfg: Union[GeneratorsConfig, LLMBindConfig], # generator settings (or the whole config)
+                device: Optional[str] = None, # default: the config's device (LLMBindConfig) or auto
+                dtype: Optional[str] = None, # default: the config's dtype (LLMBindConfig) or auto
+               ) -> "GeneratorRegistry":
+    "Registry with gen/edit/video/audio: a loader where a path is set, tiny where `cfg.tiny`, else not configured."
+    if isinstance(cfg, LLMBindConfig):
+        device, dtype, cfg = device or cfg.device, dtype or cfg.dtype, cfg.generators
+    if not isinstance(cfg, GeneratorsConfig):
+        raise TypeError(f"expected a GeneratorsConfig or LLMBindConfig, got {type(cfg).__name__}")
+    cfg.validate()
+    device, dtype = device or "auto", dtype or "auto"
+    reg = cls()
+    for task, (gcls, fld, what) in _CONFIG_TASKS.items():
+        path = getattr(cfg, fld)
+        kw = dict(num_inference_steps=cfg.num_inference_steps, guidance_scale=cfg.guidance_scale, **gcls._size_kwargs(cfg))
+        if path: reg.register(task, gcls(path=path, device=device, dtype=dtype, check=False, field=fld, **kw))
+        elif cfg.tiny: reg.register(task, gcls(tiny=True, device=device, dtype=dtype, **kw))
+        else:
+            kind = pipeline_kind(cfg.audio_kind if task == "audio" else task)
+            reg._missing[task] = (f"no {what} is configured for <{task}>: set generators.{fld} to a local "
+                                  f"{kind.pipeline} folder (e.g. {kind.checkpoint}/), or generators.tiny=true for tiny random ones")
+    return reg
 
-    def __repr__(self):
-        lines = [f"GeneratorRegistry({len(self)} tasks)"]
-        for t, g in self._entries.items():
-            tags = " ".join(s for s in self.tags(t) if s) if (t in TASKS or t in self._extra) else "(no tag)"
-            lines.append(f"  {t:<6} {tags:<24} {g!r}")
-        for t, m in self._missing.items(): lines.append(f"  {t:<6} not configured")
-        return "\n".join(lines)
+def _registry_repr(self):
+    lines = [f"GeneratorRegistry({len(self)} tasks)"]
+    for t, g in self._entries.items():
+        tags = " ".join(s for s in self.tags(t) if s) if (t in TASKS or t in self._extra) else "(no tag)"
+        lines.append(f"  {t:<6} {tags:<24} {g!r}")
+    for t, m in self._missing.items(): lines.append(f"  {t:<6} not configured")
+    return "\n".join(lines)
+
+GeneratorRegistry.from_config, GeneratorRegistry.__repr__ = classmethod(_registry_from_config), _registry_repr

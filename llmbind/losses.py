@@ -160,7 +160,7 @@ def mask_loss(pred_masks: Sequence[Optional[Tensor]],  # per sample (n_i, H_i, W
     dice = sum(dice_loss(p, g, n) for p, g in pairs)
     return bce_weight * bce + dice_weight * dice, dict(mask_bce=bce, mask_dice=dice, num_masks=n)
 
-# %% ../nbs/07_losses.ipynb #122dfcd4
+# %% ../nbs/07_losses.ipynb #c27b9be7
 def _check_boxes(b: Tensor, what: str, normalised: bool):
     if b.dim() != 2 or b.shape[-1] != 4: raise ValueError(f"{what} boxes must be (n, 4) xyxy, got shape {tuple(b.shape)}")
     bad = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
@@ -192,6 +192,7 @@ def box_loss(pred_boxes: Tensor,        # (n, 4) predicted normalised xyxy boxes
     giou = generalized_box_iou_loss(p, g, reduction="sum") / n             # mean of 1 - GIoU
     return l1_weight * l1 + giou_weight * giou, dict(det_l1=l1, det_giou=giou, num_boxes=n)
 
+# %% ../nbs/07_losses.ipynb #bf668e63
 def cls_loss(logits: Tensor,    # (n, C) class-head logits, one row per <cls> token
              targets: Tensor,   # (n,) class indices into `SegmentConfig.class_names`
             ) -> Tensor:
@@ -208,7 +209,7 @@ def cls_loss(logits: Tensor,    # (n, C) class-head logits, one row per <cls> to
         raise ValueError(f"class target {int(targets[i])} (row {i}) is outside the {C} classes of the head")
     return F.cross_entropy(_f32(logits), targets.to(logits.device, torch.long))
 
-# %% ../nbs/07_losses.ipynb #fe265acc
+# %% ../nbs/07_losses.ipynb #8251b1cc
 LOSS_TERMS = ("ar", "mask", "mask_bce", "mask_dice", "aux", "det_l1", "det_giou", "cls")  # every loggable term
 
 class LossBreakdown(dict):
@@ -223,6 +224,7 @@ class LossBreakdown(dict):
         parts += [f"{k} {v:.4f}" for k, v in self.items() if k not in LOSS_TERMS and k != "total"]
         return " | ".join(parts + [f"{k} -" for k in self.absent])
 
+# %% ../nbs/07_losses.ipynb #3a1fac18
 def _pair(a, b, na: str, nb: str) -> bool:
     if (a is None) != (b is None):
         given, missing = (na, nb) if a is not None else (nb, na)
@@ -260,6 +262,7 @@ def loss_terms(*, logits: Tensor,                   # (B, T, V) LLM logits over 
         terms["cls"] = cls_loss(cls_logits, cls_targets)
     return terms
 
+# %% ../nbs/07_losses.ipynb #dd51f32f
 def weighted_total(cfg: LossConfig,            # the weights (`LLMBindConfig.loss`)
                    terms: dict[str, Tensor],   # output of `loss_terms`
                   ) -> Tensor:
@@ -271,6 +274,7 @@ def weighted_total(cfg: LossConfig,            # the weights (`LLMBindConfig.los
     if not terms: raise ValueError("no loss term to add up: give labels with supervised tokens, or masks, boxes or classes")
     return sum(w[k] * v for k, v in terms.items())
 
+# %% ../nbs/07_losses.ipynb #17bb2be7
 def compute_total_loss(cfg: LossConfig,                 # the weights (`LLMBindConfig.loss`)
                        *,
                        logits: Tensor,                   # (B, T, V) LLM logits over the spliced sequence

@@ -69,7 +69,7 @@ def wav_uri(wave_data, sample_rate: int, peak: float = 0.5) -> str:
     "A `data:audio/wav;base64,...` URI of the waveform (see `wav_bytes`)."
     return "data:audio/wav;base64," + base64.b64encode(wav_bytes(wave_data, sample_rate, peak)).decode("ascii")
 
-# %% ../nbs/15_widgets.ipynb #0611b336
+# %% ../nbs/15_widgets.ipynb #339e7a40
 _TAG_HTML = re.compile(r"&lt;/?[A-Za-z0-9_][A-Za-z0-9_\-]*&gt;")
 _FIG = ('<figure style="display:inline-block;margin:4px 8px 4px 0;vertical-align:top;text-align:center">{}'
         '<figcaption style="font-size:11px;color:#555;max-width:{}px">{}</figcaption></figure>')
@@ -80,6 +80,7 @@ def highlight_tags(text: str) -> str:
     "The text as HTML, with every `<tag>`-like piece set in code style."
     return _TAG_HTML.sub(lambda m: f'<code style="background:#eef;color:#336">{m.group(0)}</code>', _esc(text))
 
+# %% ../nbs/15_widgets.ipynb #971bb075
 def artifact_html(a: Artifact, # one artifact of a turn
                   min_side: int = 128, # enlarge small pictures to this side
                  ) -> str:
@@ -105,6 +106,7 @@ def artifact_html(a: Artifact, # one artifact of a turn
     p = a.extra.get("prob")
     return _FIG.format(f"<b>{_esc(str(a.data))}</b>", 4 * min_side, cap + (f"p = {p:.2f}" if isinstance(p, float) else a.kind))
 
+# %% ../nbs/15_widgets.ipynb #cb5de394
 def note_html(text: str) -> str:
     "A note of the demo itself (an error, a hint) as one red line."
     return f'<div style="color:#b00020;margin:2px 0">&#9888; {_esc(text)}</div>'
@@ -145,7 +147,7 @@ def read_upload(value, # `FileUpload.value`: a tuple of {'name', 'content', ...}
                           f"upload a PNG or JPEG file") from None
     return im.convert("RGB")
 
-# %% ../nbs/15_widgets.ipynb #b4ce513b
+# %% ../nbs/15_widgets.ipynb #194e536c
 class _Demo:
     "Shared behaviour: a notebook cell that ends with the demo displays its `.widget`."
     widget: W.Widget
@@ -159,6 +161,7 @@ def _script_fn(script) -> Callable:
     todo = list(script)
     return lambda text, image: todo.pop(0) if todo else None
 
+# %% ../nbs/15_widgets.ipynb #30abead6
 class ChatDemo(_Demo):
     "A chat with an `LLMBindAgent`: text and an optional image in, answers with pictures, clips, sounds and masks out."
     def __init__(self, agent: Optional[LLMBindAgent] = None, # the agent (None: `LLMBindAgent.from_preset('tiny')`)
@@ -200,38 +203,41 @@ class ChatDemo(_Demo):
             self.send.disabled = False
             if self.status.value.startswith("<i>working"): self.status.value = ""
 
-    def _send(self):
-        text, answer = self.text.value.strip(), self.answer.value.strip()
-        try: image = read_upload(self.upload.value)
-        except UploadError as e:
-            self.upload.value = (); self.note(str(e)); return
-        if not answer:
-            answer = self.script(text, image)
-            if answer is not None and not isinstance(answer, str):
-                raise TypeError(f"the script returned {type(answer).__name__}, expected an answer string or None")
-        if not text and not answer:
-            self.note("write a message first (or an answer to carry out)"); return
-        if answer: turn = self.agent.execute(answer, image=image, user=text or None)
-        else: turn = self.agent.chat(text, image=image, max_new_tokens=self.max_new_tokens)
-        self.turns.append(turn)
-        self._append(turn_html(turn, self.min_side))
-        self.text.value, self.answer.value, self.upload.value = "", "", ()
-        self.status.value = f"{turn.seconds:.1f} s" + (f", {len(turn.messages)} note(s)" if turn.messages else "")
-
     def _on_new_chat(self, _button=None):
         self.agent.reset()
         self.turns, self.notes, self.view.children, self.status.value = [], [], (), "new conversation"
 
-    def to_html(self) -> str:
-        "The conversation on screen as one HTML string."
-        return "".join(c.value for c in self.view.children)
+# %% ../nbs/15_widgets.ipynb #1c9f140f
+def _chat_send(self):
+    text, answer = self.text.value.strip(), self.answer.value.strip()
+    try: image = read_upload(self.upload.value)
+    except UploadError as e:
+        self.upload.value = (); self.note(str(e)); return
+    if not answer:
+        answer = self.script(text, image)
+        if answer is not None and not isinstance(answer, str):
+            raise TypeError(f"the script returned {type(answer).__name__}, expected an answer string or None")
+    if not text and not answer:
+        self.note("write a message first (or an answer to carry out)"); return
+    if answer: turn = self.agent.execute(answer, image=image, user=text or None)
+    else: turn = self.agent.chat(text, image=image, max_new_tokens=self.max_new_tokens)
+    self.turns.append(turn)
+    self._append(turn_html(turn, self.min_side))
+    self.text.value, self.answer.value, self.upload.value = "", "", ()
+    self.status.value = f"{turn.seconds:.1f} s" + (f", {len(turn.messages)} note(s)" if turn.messages else "")
 
-    def snapshot(self):
-        "A static picture of the conversation (for places without a live kernel, such as the docs)."
-        from IPython.display import HTML
-        return HTML(f'<div style="border:1px solid #ccc;padding:4px 8px">{self.to_html() or "<i>(empty conversation)</i>"}</div>')
+def _chat_to_html(self) -> str:
+    "The conversation on screen as one HTML string."
+    return "".join(c.value for c in self.view.children)
 
-# %% ../nbs/15_widgets.ipynb #9821e969
+def _chat_snapshot(self):
+    "A static picture of the conversation (for places without a live kernel, such as the docs)."
+    from IPython.display import HTML
+    return HTML(f'<div style="border:1px solid #ccc;padding:4px 8px">{self.to_html() or "<i>(empty conversation)</i>"}</div>')
+
+ChatDemo._send, ChatDemo.to_html, ChatDemo.snapshot = _chat_send, _chat_to_html, _chat_snapshot
+
+# %% ../nbs/15_widgets.ipynb #2cf9fcc6
 SELECT_ALL = "(all)"   # the dropdown entry that selects every task or every linear
 
 def check_routing(routing: dict, # {task: {linear: [load per expert]}}
@@ -263,6 +269,7 @@ def short_linear_name(name: str) -> str:
     m = re.search(r"layers\.(\d+)\.mlp\.(\w+)", name)
     return f"L{m.group(1)}.{m.group(2).replace('_proj', '')}" if m else name
 
+# %% ../nbs/15_widgets.ipynb #f7815ba1
 @torch.no_grad()
 def routing_from_texts(model, # an LLMBindForCausalLM (or anything with `.llm` and `.tokenizer`)
                        texts: dict, # {task: [text, ...]}: a few typical inputs of each task
@@ -281,7 +288,7 @@ def routing_from_texts(model, # an LLMBindForCausalLM (or anything with `.llm` a
         out[task] = {short_linear_name(k): v.load.tolist() for k, v in st.items()}
     return out
 
-# %% ../nbs/15_widgets.ipynb #a58c10f7
+# %% ../nbs/15_widgets.ipynb #982c7d28
 def _png(fig) -> bytes:
     buf = io.BytesIO(); fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
     return buf.getvalue()
@@ -292,6 +299,7 @@ def _show_png(out: W.Output, png: bytes):
     out.outputs = ()
     out.append_display_data(IPImage(data=png, format="png"))
 
+# %% ../nbs/15_widgets.ipynb #a1ba6a5f
 class RoutingExplorer(_Demo):
     "Expert load per task and LoRA-MoE linear: dropdowns, a bar chart or heatmap, and a table."
     def __init__(self, routing: dict, # {task: {linear: [load per expert]}} (report.json's 'routing')
@@ -307,26 +315,6 @@ class RoutingExplorer(_Demo):
         self.widget = W.VBox([W.HBox([self.task, self.linear]), self.out, self.table])
         self.refresh()
 
-    @classmethod
-    def from_run(cls, run_dir, # a run folder with report.json (llmbind demo), or the report.json file itself
-                 **kwargs):
-        "The explorer for the routing statistics in a run's report.json."
-        p = Path(run_dir).expanduser()
-        f = p if p.suffix == ".json" else p / "report.json"
-        if not f.is_file():
-            raise FileNotFoundError(f"{f} does not exist: RoutingExplorer.from_run needs the report.json that "
-                                    f"`llmbind demo --out RUN_DIR` writes at the end of a run")
-        rep = json.loads(f.read_text())
-        if not isinstance(rep, dict) or "routing" not in rep:
-            raise ValueError(f"{f} has no 'routing' entry (it holds {sorted(rep) if isinstance(rep, dict) else type(rep).__name__}); "
-                             f"it must come from `llmbind demo`")
-        return cls(rep["routing"], **kwargs)
-
-    @classmethod
-    def from_model(cls, model, texts: dict, **kwargs):
-        "The explorer for a model's routing on a few texts per task (see `routing_from_texts`)."
-        return cls(routing_from_texts(model, texts), **kwargs)
-
     def selection(self) -> tuple[list[str], np.ndarray]:
         "Row labels and the (rows, N) loads of what the dropdowns select."
         ts = self.tasks if self.task.value == SELECT_ALL else [self.task.value]
@@ -338,37 +326,6 @@ class RoutingExplorer(_Demo):
         rows = [(label(t, m), self.routing[t][m]) for t in ts for m in ms]
         return [r[0] for r in rows], np.stack([r[1] for r in rows])
 
-    def figure(self):
-        "A matplotlib figure of the selection: bars for one router, a heatmap for several."
-        from matplotlib.figure import Figure
-        labels, a = self.selection()                                           # (R, N)
-        N, R = a.shape[1], a.shape[0]
-        if R == 1:
-            fig = Figure(figsize=(max(3.5, 0.6 * N + 1.5), 2.6)); ax = fig.subplots()
-            ax.bar(range(N), a[0], color="#4c72b0")
-            ax.axhline(a[0].sum() / N, ls="--", c="gray", lw=1, label="balanced")
-            ax.set_xticks(range(N)); ax.set_xlabel("expert"); ax.set_ylabel("share of assignments"); ax.legend(fontsize=7)
-            ax.set_title(f"{self.title}: {labels[0]}", fontsize=9)
-            return fig
-        fig = Figure(figsize=(max(3.5, 0.55 * N + 2.5), 0.9 + 0.28 * R)); ax = fig.subplots()
-        im = ax.imshow(a, cmap="viridis", vmin=0, vmax=max(2.0 / N, float(a.max())), aspect="auto")
-        for (i, j), v in np.ndenumerate(a):
-            ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 * im.norm.vmax else "k")
-        ax.set_xticks(range(N)); ax.set_xlabel("expert"); ax.set_yticks(range(R)); ax.set_yticklabels(labels, fontsize=7)
-        ax.set_title(f"{self.title} ({self.task.value if self.task.value != SELECT_ALL else 'all tasks'}, "
-                     f"{self.linear.value if self.linear.value != SELECT_ALL else 'all linears'})", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.04)
-        return fig
-
-    def table_html(self) -> str:
-        "The selection as an HTML table: one row per router, one column per expert, and max/uniform."
-        labels, a = self.selection()
-        N = a.shape[1]
-        head = "".join(f"<th>e{j}</th>" for j in range(N)) + "<th>max/uniform</th>"
-        body = "".join(f"<tr><td>{html.escape(l)}</td>" + "".join(f"<td>{v:.3f}</td>" for v in row)
-                       + f"<td>{row.max() * N / max(row.sum(), 1e-12):.2f}</td></tr>" for l, row in zip(labels, a))
-        return f'<table style="font-size:11px"><tr><th></th>{head}</tr>{body}</table>'
-
     def refresh(self):
         "Redraw the plot and the table for the current dropdown values."
         _show_png(self.out, _png(self.figure())); self.table.value = self.table_html()
@@ -378,7 +335,62 @@ class RoutingExplorer(_Demo):
         from IPython.display import Image as IPImage
         return IPImage(data=_png(self.figure()), format="png")
 
-# %% ../nbs/15_widgets.ipynb #152ee8de
+# %% ../nbs/15_widgets.ipynb #2d8b93a2
+def _routing_figure(self):
+    "A matplotlib figure of the selection: bars for one router, a heatmap for several."
+    from matplotlib.figure import Figure
+    labels, a = self.selection()                                           # (R, N)
+    N, R = a.shape[1], a.shape[0]
+    if R == 1:
+        fig = Figure(figsize=(max(3.5, 0.6 * N + 1.5), 2.6)); ax = fig.subplots()
+        ax.bar(range(N), a[0], color="#4c72b0")
+        ax.axhline(a[0].sum() / N, ls="--", c="gray", lw=1, label="balanced")
+        ax.set_xticks(range(N)); ax.set_xlabel("expert"); ax.set_ylabel("share of assignments"); ax.legend(fontsize=7)
+        ax.set_title(f"{self.title}: {labels[0]}", fontsize=9)
+        return fig
+    fig = Figure(figsize=(max(3.5, 0.55 * N + 2.5), 0.9 + 0.28 * R)); ax = fig.subplots()
+    im = ax.imshow(a, cmap="viridis", vmin=0, vmax=max(2.0 / N, float(a.max())), aspect="auto")
+    for (i, j), v in np.ndenumerate(a):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w" if v < 0.6 * im.norm.vmax else "k")
+    ax.set_xticks(range(N)); ax.set_xlabel("expert"); ax.set_yticks(range(R)); ax.set_yticklabels(labels, fontsize=7)
+    ax.set_title(f"{self.title} ({self.task.value if self.task.value != SELECT_ALL else 'all tasks'}, "
+                 f"{self.linear.value if self.linear.value != SELECT_ALL else 'all linears'})", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return fig
+
+def _routing_table_html(self) -> str:
+    "The selection as an HTML table: one row per router, one column per expert, and max/uniform."
+    labels, a = self.selection()
+    N = a.shape[1]
+    head = "".join(f"<th>e{j}</th>" for j in range(N)) + "<th>max/uniform</th>"
+    body = "".join(f"<tr><td>{html.escape(l)}</td>" + "".join(f"<td>{v:.3f}</td>" for v in row)
+                   + f"<td>{row.max() * N / max(row.sum(), 1e-12):.2f}</td></tr>" for l, row in zip(labels, a))
+    return f'<table style="font-size:11px"><tr><th></th>{head}</tr>{body}</table>'
+
+RoutingExplorer.figure, RoutingExplorer.table_html = _routing_figure, _routing_table_html
+
+# %% ../nbs/15_widgets.ipynb #e73b3153
+def _routing_from_run(cls, run_dir, # a run folder with report.json (llmbind demo), or the report.json file itself
+             **kwargs):
+    "The explorer for the routing statistics in a run's report.json."
+    p = Path(run_dir).expanduser()
+    f = p if p.suffix == ".json" else p / "report.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} does not exist: RoutingExplorer.from_run needs the report.json that "
+                                f"`llmbind demo --out RUN_DIR` writes at the end of a run")
+    rep = json.loads(f.read_text())
+    if not isinstance(rep, dict) or "routing" not in rep:
+        raise ValueError(f"{f} has no 'routing' entry (it holds {sorted(rep) if isinstance(rep, dict) else type(rep).__name__}); "
+                         f"it must come from `llmbind demo`")
+    return cls(rep["routing"], **kwargs)
+
+def _routing_from_model(cls, model, texts: dict, **kwargs):
+    "The explorer for a model's routing on a few texts per task (see `routing_from_texts`)."
+    return cls(routing_from_texts(model, texts), **kwargs)
+
+RoutingExplorer.from_run, RoutingExplorer.from_model = classmethod(_routing_from_run), classmethod(_routing_from_model)
+
+# %% ../nbs/15_widgets.ipynb #bc9334fc
 def _mix_tree(config) -> dict:
     if config is None: return paper_mixture()
     if isinstance(config, LLMBindConfig): return config.data.mix
@@ -406,6 +418,7 @@ def _batch_default(config) -> int:
     "Samples per optimizer step and device: micro-batch x grad-accum of the config, else the paper's 2 x 10."
     return config.train.micro_batch_size * config.train.grad_accum if isinstance(config, LLMBindConfig) else 20
 
+# %% ../nbs/15_widgets.ipynb #3950102b
 class MixtureExplorer(_Demo):
     "Sliders for the weights of a mixture tree and the batch size; the expected and a sampled batch composition."
     def __init__(self, config=None, # None (the paper's ratios), an LLMBindConfig, a DataConfig or a mixture tree
@@ -441,81 +454,93 @@ class MixtureExplorer(_Demo):
             cols.setdefault(parent, []).append(s)
         return [W.VBox([W.HTML(f"<b>{'top level' if g == '' else 'inside ' + html.escape(g)}</b>"), *ss]) for g, ss in cols.items()]
 
-    def weights(self) -> dict:
-        "The slider values as {path: weight}."
-        return {p: float(s.value) for p, s in self.sliders.items()}
+# %% ../nbs/15_widgets.ipynb #a1816354
+def _mix_weights(self) -> dict:
+    "The slider values as {path: weight}."
+    return {p: float(s.value) for p, s in self.sliders.items()}
 
-    def set_weights(self, weights: dict): # {path: weight} for some or all nodes
-        "Move several sliders at once (one redraw)."
-        bad = sorted(set(weights) - set(self.sliders))
-        if bad: raise KeyError(f"no slider for {bad}; the nodes are {list(self.sliders)}")
-        self._quiet = True
-        try:
-            for p, v in weights.items(): self.sliders[p].value = float(v)
-        finally: self._quiet = False
-        self.refresh()
+def _mix_set_weights(self, weights: dict): # {path: weight} for some or all nodes
+    "Move several sliders at once (one redraw)."
+    bad = sorted(set(weights) - set(self.sliders))
+    if bad: raise KeyError(f"no slider for {bad}; the nodes are {list(self.sliders)}")
+    self._quiet = True
+    try:
+        for p, v in weights.items(): self.sliders[p].value = float(v)
+    finally: self._quiet = False
+    self.refresh()
 
-    def tree(self) -> dict:
-        "The mixture tree with the slider weights (the format of `config.data.mix`)."
-        return _with_weights(self.base_tree, self.weights())
+def _mix_tree_now(self) -> dict:
+    "The mixture tree with the slider weights (the format of `config.data.mix`)."
+    return _with_weights(self.base_tree, self.weights())
 
-    def probabilities(self) -> dict:
-        "Leaf probabilities of the current tree; raises ConfigError when the weights are invalid."
-        return mixture_leaf_probs(self.tree())
+MixtureExplorer.weights, MixtureExplorer.set_weights, MixtureExplorer.tree = _mix_weights, _mix_set_weights, _mix_tree_now
 
-    def expected(self) -> dict:
-        "Expected number of samples of each leaf in one batch: batch size x probability."
-        return {k: self.batch_size.value * p for k, p in self.probabilities().items()}
+# %% ../nbs/15_widgets.ipynb #d1ebf5cd
+def _mix_probabilities(self) -> dict:
+    "Leaf probabilities of the current tree; raises ConfigError when the weights are invalid."
+    return mixture_leaf_probs(self.tree())
 
-    def sample(self) -> dict:
-        "The leaves of one batch drawn by `MixtureSampler` with the current tree and seed: {leaf: count}."
-        probs = self.probabilities()
-        B = int(self.batch_size.value)
-        s = MixtureSampler(self.tree(), {k: B for k in probs}, seed=int(self.seed.value))   # B items: no leaf wraps around
-        drawn = [leaf for leaf, _ in s.take(B)]
-        return {k: drawn.count(k) for k in probs}
+def _mix_expected(self) -> dict:
+    "Expected number of samples of each leaf in one batch: batch size x probability."
+    return {k: self.batch_size.value * p for k, p in self.probabilities().items()}
 
-    def figure(self, _got: Optional[dict] = None):
-        "Bars of the expected composition, dots for the sampled batch, one colour per top-level group."
-        from matplotlib.figure import Figure
-        exp, got = self.expected(), (self.sample() if _got is None else _got)
-        leaves = list(exp)
-        tops = list(dict.fromkeys(k.split("/")[0] for k in leaves))
-        colours = {t: c for t, c in zip(tops, ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"] * 9)}
-        fig = Figure(figsize=(4.6, 0.6 + 0.32 * len(leaves))); ax = fig.subplots()
-        y = np.arange(len(leaves))[::-1]
-        ax.barh(y, [exp[k] for k in leaves], color=[colours[k.split("/")[0]] for k in leaves], label="expected")
-        ax.plot([got[k] for k in leaves], y, "k.", ms=7, label=f"sampled (seed {self.seed.value})")
-        ax.set_yticks(y); ax.set_yticklabels(leaves, fontsize=8); ax.set_xlabel(f"samples in a batch of {self.batch_size.value}")
-        ax.legend(fontsize=7, loc="lower right")
-        return fig
+def _mix_sample(self) -> dict:
+    "The leaves of one batch drawn by `MixtureSampler` with the current tree and seed: {leaf: count}."
+    probs = self.probabilities()
+    B = int(self.batch_size.value)
+    s = MixtureSampler(self.tree(), {k: B for k in probs}, seed=int(self.seed.value))   # B items: no leaf wraps around
+    drawn = [leaf for leaf, _ in s.take(B)]
+    return {k: drawn.count(k) for k in probs}
 
-    def table_html(self, _got: Optional[dict] = None) -> str:
-        "Leaf, probability, expected count and sampled count as an HTML table."
-        p, exp, got = self.probabilities(), self.expected(), (self.sample() if _got is None else _got)
-        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{p[k]:.4f}</td><td>{exp[k]:.2f}</td><td>{got[k]}</td></tr>" for k in p)
-        return (f'<table style="font-size:11px"><tr><th>leaf</th><th>probability</th><th>expected</th><th>sampled</th></tr>{rows}'
-                f'<tr><td><b>total</b></td><td>{sum(p.values()):.4f}</td><td>{sum(exp.values()):.2f}</td><td>{sum(got.values())}</td></tr></table>')
+MixtureExplorer.probabilities, MixtureExplorer.expected, MixtureExplorer.sample = _mix_probabilities, _mix_expected, _mix_sample
 
-    def refresh(self):
-        "Recompute the table and the plot, or show why the weights are invalid."
-        if getattr(self, "_quiet", False): return
-        try: self.probabilities()
-        except ConfigError as e:
-            self.message.value = note_html(f"invalid mixture: {e}. Raise at least one weight of that group above 0.")
-            self.table.value, self.out.outputs = "", ()
-            return
-        got = self.sample()
-        self.message.value = ""
-        self.table.value = self.table_html(got)
-        _show_png(self.out, _png(self.figure(got)))
+# %% ../nbs/15_widgets.ipynb #5501526d
+def _mix_figure(self, _got: Optional[dict] = None):
+    "Bars of the expected composition, dots for the sampled batch, one colour per top-level group."
+    from matplotlib.figure import Figure
+    exp, got = self.expected(), (self.sample() if _got is None else _got)
+    leaves = list(exp)
+    tops = list(dict.fromkeys(k.split("/")[0] for k in leaves))
+    colours = {t: c for t, c in zip(tops, ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"] * 9)}
+    fig = Figure(figsize=(4.6, 0.6 + 0.32 * len(leaves))); ax = fig.subplots()
+    y = np.arange(len(leaves))[::-1]
+    ax.barh(y, [exp[k] for k in leaves], color=[colours[k.split("/")[0]] for k in leaves], label="expected")
+    ax.plot([got[k] for k in leaves], y, "k.", ms=7, label=f"sampled (seed {self.seed.value})")
+    ax.set_yticks(y); ax.set_yticklabels(leaves, fontsize=8); ax.set_xlabel(f"samples in a batch of {self.batch_size.value}")
+    ax.legend(fontsize=7, loc="lower right")
+    return fig
 
-    def snapshot(self):
-        "A static picture of the current plot."
-        from IPython.display import Image as IPImage
-        return IPImage(data=_png(self.figure()), format="png")
+def _mix_table_html(self, _got: Optional[dict] = None) -> str:
+    "Leaf, probability, expected count and sampled count as an HTML table."
+    p, exp, got = self.probabilities(), self.expected(), (self.sample() if _got is None else _got)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{p[k]:.4f}</td><td>{exp[k]:.2f}</td><td>{got[k]}</td></tr>" for k in p)
+    return (f'<table style="font-size:11px"><tr><th>leaf</th><th>probability</th><th>expected</th><th>sampled</th></tr>{rows}'
+            f'<tr><td><b>total</b></td><td>{sum(p.values()):.4f}</td><td>{sum(exp.values()):.2f}</td><td>{sum(got.values())}</td></tr></table>')
 
-# %% ../nbs/15_widgets.ipynb #58a647ad
+MixtureExplorer.figure, MixtureExplorer.table_html = _mix_figure, _mix_table_html
+
+# %% ../nbs/15_widgets.ipynb #b95025cd
+def _mix_refresh(self):
+    "Recompute the table and the plot, or show why the weights are invalid."
+    if getattr(self, "_quiet", False): return
+    try: self.probabilities()
+    except ConfigError as e:
+        self.message.value = note_html(f"invalid mixture: {e}. Raise at least one weight of that group above 0.")
+        self.table.value, self.out.outputs = "", ()
+        return
+    got = self.sample()
+    self.message.value = ""
+    self.table.value = self.table_html(got)
+    _show_png(self.out, _png(self.figure(got)))
+
+def _mix_snapshot(self):
+    "A static picture of the current plot."
+    from IPython.display import Image as IPImage
+    return IPImage(data=_png(self.figure()), format="png")
+
+MixtureExplorer.refresh, MixtureExplorer.snapshot = _mix_refresh, _mix_snapshot
+
+# %% ../nbs/15_widgets.ipynb #4210b5a0
 def _logits_array(mask_logits) -> np.ndarray:
     a = mask_logits.detach().float().cpu().numpy() if torch.is_tensor(mask_logits) else np.asarray(mask_logits, dtype=np.float32)
     a = np.asarray(a, dtype=np.float32)
@@ -524,6 +549,7 @@ def _logits_array(mask_logits) -> np.ndarray:
     if not np.isfinite(a).all(): raise ValueError("mask_logits contain NaN or infinity (use large finite values for certain pixels)")
     return a
 
+# %% ../nbs/15_widgets.ipynb #542f1b6e
 class MaskOverlay(_Demo):
     "A mask laid over its image, with a threshold slider on the mask probability and the mask area in pixels."
     def __init__(self, image, # the image (PIL, path or array)
@@ -549,12 +575,6 @@ class MaskOverlay(_Demo):
         self.widget = W.VBox([W.HBox([self.threshold, self.alpha]), self.picture, self.info])
         self.refresh()
 
-    @classmethod
-    def from_probs(cls, image, probs, **kwargs):
-        "The same from probabilities in [0, 1] (for example `GenerateResult.mask_probs[i]`)."
-        p = np.clip(_logits_array(probs).astype(np.float64), 1e-7, 1 - 1e-7)
-        return cls(image, np.log(p / (1 - p)), **kwargs)
-
     @property
     def mask(self) -> np.ndarray:
         "The (H, W) bool mask at the current threshold."
@@ -576,15 +596,23 @@ class MaskOverlay(_Demo):
         self.info.value = (f"mask area: <b>{self.area}</b> px ({self.area / (W_ * H_):.1%} of {W_}x{H_}); "
                            f"threshold {t:.2f} on the probability = logit {np.log(t / (1 - t)):+.2f}")
 
-    def snapshot(self, thresholds: Sequence[float] = (0.1, 0.5, 0.9)): # thresholds to show side by side
-        "A static picture: the overlay at a few thresholds, with the area of each."
-        from IPython.display import Image as IPImage
-        from matplotlib.figure import Figure
-        keep = self.threshold.value
-        fig = Figure(figsize=(2.2 * len(thresholds), 2.5)); axes = fig.subplots(1, len(thresholds), squeeze=False)[0]
-        try:
-            for ax, t in zip(axes, thresholds):
-                self.threshold.value = float(t)
-                ax.imshow(self.overlay()); ax.set_title(f"t = {t:.2f}: {self.area} px", fontsize=8); ax.axis("off")
-        finally: self.threshold.value = keep
-        return IPImage(data=_png(fig), format="png")
+# %% ../nbs/15_widgets.ipynb #dfbc3760
+def _overlay_from_probs(cls, image, probs, **kwargs):
+    "The same from probabilities in [0, 1] (for example `GenerateResult.mask_probs[i]`)."
+    p = np.clip(_logits_array(probs).astype(np.float64), 1e-7, 1 - 1e-7)
+    return cls(image, np.log(p / (1 - p)), **kwargs)
+
+def _overlay_snapshot(self, thresholds: Sequence[float] = (0.1, 0.5, 0.9)): # thresholds to show side by side
+    "A static picture: the overlay at a few thresholds, with the area of each."
+    from IPython.display import Image as IPImage
+    from matplotlib.figure import Figure
+    keep = self.threshold.value
+    fig = Figure(figsize=(2.2 * len(thresholds), 2.5)); axes = fig.subplots(1, len(thresholds), squeeze=False)[0]
+    try:
+        for ax, t in zip(axes, thresholds):
+            self.threshold.value = float(t)
+            ax.imshow(self.overlay()); ax.set_title(f"t = {t:.2f}: {self.area} px", fontsize=8); ax.axis("off")
+    finally: self.threshold.value = keep
+    return IPImage(data=_png(fig), format="png")
+
+MaskOverlay.from_probs, MaskOverlay.snapshot = classmethod(_overlay_from_probs), _overlay_snapshot
