@@ -47,6 +47,39 @@ class _ZeroBase(nn.Module):
         super().__init__(); self.out_features = out_features
     def forward(self, x): return x.new_zeros(x.shape[0], self.out_features)
 
+def _peft_lora(base: nn.Linear, r: int, lora_alpha: float) -> nn.Module:
+    "Plain LoRA of rank r around `base` (PEFT's lora.Linear), its B non-zero as after some training."
+    from peft import LoraConfig                              # imported only when asked for
+    from peft.tuners.lora.layer import Linear as PeftLoraLinear
+    lora = PeftLoraLinear(base, "default", config=LoraConfig(r=r, lora_alpha=lora_alpha), r=r, lora_alpha=lora_alpha)
+    with torch.no_grad(): lora.lora_B["default"].weight.normal_(std=0.01)
+    return lora
+
+def _pass_makers(x: torch.Tensor, gout: torch.Tensor, n: int, sync: Callable) -> dict:
+    "{pass label: module -> zero-argument callable that runs that pass `n` times on `x` and waits for the device}."
+    def fwd(m):
+        def f():
+            with torch.no_grad():
+                for _ in range(n): m(x)
+            sync()
+        return f
+    def fwd_train(m):
+        def f():
+            for _ in range(n): m(x)
+            sync()
+        return f
+    def fwd_bwd(m):
+        params = [p for p in m.parameters() if p.requires_grad]
+        def f():
+            for _ in range(n):
+                x.grad = None
+                for p in params: p.grad = None
+                m(x).backward(gout)
+            sync()
+        return f
+    return {"forward (no grad)": fwd, "forward": fwd_train, "forward+backward": fwd_bwd}
+
+# %% ../nbs/03a_bench.ipynb #a0e03d45
 def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
                    tokens: int = 512,                       # T
                    impls: tuple = ("loop", "dense"),        # implementations to time besides the base Linear
@@ -79,38 +112,14 @@ def bench_lora_moe(d_in: int = 4096, d_out: int = 11008,   # the linear's shape
         n = repeat or (10 if on_gpu else 1)
         mods = {"base Linear": base}
         if peft_lora:                                # the cost people already accept: one rank-r LoRA, no router
-            from peft import LoraConfig                              # imported only when asked for
-            from peft.tuners.lora.layer import Linear as PeftLoraLinear
-            lora = PeftLoraLinear(base, "default", config=LoraConfig(r=r, lora_alpha=lora_alpha), r=r, lora_alpha=lora_alpha)
-            with torch.no_grad(): lora.lora_B["default"].weight.normal_(std=0.01)
-            mods[f"plain LoRA r={r} (PEFT)"] = lora
+            mods[f"plain LoRA r={r} (PEFT)"] = _peft_lora(base, r, lora_alpha)
         mods.update({f"LoRA-MoE {k}": v for k, v in layers.items()})
         if adapter_only:
             for impl in impls:
                 l = LoRAMoELinear(base, num_experts, top_k, r, lora_alpha, impl=impl)
                 l.base_layer = _ZeroBase(d_out)      # router + routing + experts, added into a zero tensor
                 mods[f"adapter only: {impl}"] = l
-        def fwd(m):
-            def f():
-                with torch.no_grad():
-                    for _ in range(n): m(x)
-                sync()
-            return f
-        def fwd_train(m):
-            def f():
-                for _ in range(n): m(x)
-                sync()
-            return f
-        def fwd_bwd(m):
-            params = [p for p in m.parameters() if p.requires_grad]
-            def f():
-                for _ in range(n):
-                    x.grad = None
-                    for p in params: p.grad = None
-                    m(x).backward(gout)
-                sync()
-            return f
-        makers = {"forward (no grad)": fwd, "forward": fwd_train, "forward+backward": fwd_bwd}
+        makers = _pass_makers(x, gout, n, sync)
         unknown = set(passes) - set(makers)
         if unknown: raise ValueError(f"unknown passes {sorted(unknown)} (choose from {list(makers)})")
         res = {}
@@ -143,8 +152,8 @@ def _markdown(rows: list[dict]) -> str:
 
 _PASSES = {"nograd": ("forward (no grad)", "fwd no-grad"), "fwd": ("forward", "fwd"), "fwdbwd": ("forward+backward", "fwd+bwd")}
 
-def bench_command(argv=None) -> int:
-    "`llmbind bench`: time LoRA-MoE layers against their frozen base Linear and print a markdown table."
+# %% ../nbs/03a_bench.ipynb #f68814a6
+def _bench_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="llmbind bench", description="Benchmark LoRA-MoE implementations against the base Linear.")
     ap.add_argument("--shapes", default="4096x11008,11008x4096,1024x2816", help="d_in x d_out, comma separated")
     ap.add_argument("--tokens", default="512", help="T, comma separated (e.g. 512,4096)")
@@ -161,7 +170,12 @@ def bench_command(argv=None) -> int:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=None, help="calls per timing (default: 10 on a GPU, 1 on a CPU)")
     ap.add_argument("--out", default=None, help="also write the markdown to this file")
-    a = ap.parse_args(list(argv) if argv is not None else None)
+    return ap
+
+# %% ../nbs/03a_bench.ipynb #31ac47ef
+def bench_command(argv=None) -> int:
+    "`llmbind bench`: time LoRA-MoE layers against their frozen base Linear and print a markdown table."
+    a = _bench_parser().parse_args(list(argv) if argv is not None else None)
     impls = tuple(a.impls.split(","))
     bad = [i for i in impls if i != "auto" and i not in IMPLS]
     if bad: raise ConfigError(f"--impls: unknown LoRA-MoE implementation {bad} (choose from {', '.join(IMPLS)})")

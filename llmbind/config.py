@@ -281,6 +281,7 @@ def paper_mixture() -> dict:
             "vqa": 1.0,
             "interactive": {"weight": 1.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
 
+# %% ../nbs/00_config.ipynb #55e08182
 def _check_mix(node, path: str):
     if isinstance(node, bool) or not isinstance(node, (int, float, dict)):
         raise ConfigError(f"{path}: a mixture node is a number or {{'weight': w, 'children': {{...}}}}, got {node!r}")
@@ -296,6 +297,23 @@ def _check_mix(node, path: str):
     else:
         if not (node >= 0) or node == float("inf"): raise ConfigError(f"{path}: mixture weight must be finite and >= 0, got {node}")
 
+def _node_weight(node) -> float:
+    return float(node.get("weight", 1.0)) if isinstance(node, dict) else float(node)
+
+def mixture_leaf_probs(tree: dict) -> dict[str, float]:
+    "Flatten a mixture tree into `{'seg/semantic': p, ...}` probabilities that sum to 1."
+    _check_mix({"weight": 1.0, "children": tree}, "data.mix")
+    out = {}
+    def walk(children, prefix, p):
+        tot = sum(_node_weight(v) for v in children.values())
+        for k, v in children.items():
+            q = p * _node_weight(v) / tot if tot > 0 else 0.0
+            if isinstance(v, dict): walk(v["children"], f"{prefix}{k}/", q)
+            else: out[f"{prefix}{k}"] = q
+    walk(tree, "", 1.0)
+    return out
+
+# %% ../nbs/00_config.ipynb #d3b582a6
 def _check_datasets(datasets, mix: dict, path: str):
     "Each key a leaf of `mix`; each value a non-empty list of {'reader': str, 'weight': w >= 0, ...} with some weight > 0."
     if not isinstance(datasets, dict): raise ConfigError(f"{path}: must map mixture leaves to lists of datasets")
@@ -314,22 +332,6 @@ def _check_datasets(datasets, mix: dict, path: str):
             if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 <= w < float("inf")):
                 raise ConfigError(f"{path}.{leaf}[{i}].weight: must be a finite number >= 0, got {w!r}")
         if sum(float(s.get("weight", 1.0)) for s in specs) <= 0: raise ConfigError(f"{path}.{leaf}: all datasets have weight 0")
-
-def _node_weight(node) -> float:
-    return float(node.get("weight", 1.0)) if isinstance(node, dict) else float(node)
-
-def mixture_leaf_probs(tree: dict) -> dict[str, float]:
-    "Flatten a mixture tree into `{'seg/semantic': p, ...}` probabilities that sum to 1."
-    _check_mix({"weight": 1.0, "children": tree}, "data.mix")
-    out = {}
-    def walk(children, prefix, p):
-        tot = sum(_node_weight(v) for v in children.values())
-        for k, v in children.items():
-            q = p * _node_weight(v) / tot if tot > 0 else 0.0
-            if isinstance(v, dict): walk(v["children"], f"{prefix}{k}/", q)
-            else: out[f"{prefix}{k}"] = q
-    walk(tree, "", 1.0)
-    return out
 
 # %% ../nbs/00_config.ipynb #9d242e79
 @dataclass
@@ -442,6 +444,8 @@ class ChatConfig(ConfigBase):
         return self
 
 # %% ../nbs/00_config.ipynb #817eeba2
+_PRESETS = ("tiny", "paper_7b")
+
 @dataclass
 class LLMBindConfig(ConfigBase):
     "The complete llmbind configuration."
@@ -482,49 +486,53 @@ class LLMBindConfig(ConfigBase):
         if self.moe.enabled and not isinstance(self.moe.layers, str): self.moe.layer_indices(self.llm.num_layers)
         return self
 
-    @classmethod
-    def tiny(cls) -> "LLMBindConfig":
-        "Random-init models small enough for a 2-core CPU; all paths None; the paper's ratios and loss weights."
-        return cls(preset="tiny",
-            vision=VisionConfig(image_size=64, patch_size=16, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
-            llm=LLMConfig(vocab_size=768, hidden_size=128, intermediate_size=344, num_layers=4, num_heads=4, num_kv_heads=4,
-                          max_position_embeddings=256, model_max_length=160, rms_norm_eps=1e-6),
-            moe=MoEConfig(num_experts=4, top_k=2, r=8, lora_alpha=16.0),
-            segment=SegmentConfig(sam_type="tiny", image_size=64, prompt_embed_dim=32, encoder_embed_dim=64, encoder_depth=1,
-                                  encoder_patch_size=8, encoder_num_heads=4, decoder_depth=2,
-                                  class_names=["circle", "square", "triangle", "star"]),
-            data=DataConfig(synthetic=True, image_size=64, synthetic_train_size=2000, synthetic_eval_size=200),
-            train=TrainConfig(lr=3e-3, warmup_steps=20, total_steps=300, micro_batch_size=8, grad_accum=1,
-                              eval_every=100, save_every=100, nproc=2, precision="fp32", output_dir="runs/tiny"),
-            generators=GeneratorsConfig(tiny=True, num_inference_steps=2, image_size=32, num_frames=4, audio_seconds=0.5),
-            chat=ChatConfig(system=TINY_SYSTEM),
-            device="cpu", dtype="float32").validate()
+# %% ../nbs/00_config.ipynb #3d2021b5
+@classmethod
+def _tiny(cls) -> "LLMBindConfig":
+    "Random-init models small enough for a 2-core CPU; all paths None; the paper's ratios and loss weights."
+    return cls(preset="tiny",
+        vision=VisionConfig(image_size=64, patch_size=16, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
+        llm=LLMConfig(vocab_size=768, hidden_size=128, intermediate_size=344, num_layers=4, num_heads=4, num_kv_heads=4,
+                      max_position_embeddings=256, model_max_length=160, rms_norm_eps=1e-6),
+        moe=MoEConfig(num_experts=4, top_k=2, r=8, lora_alpha=16.0),
+        segment=SegmentConfig(sam_type="tiny", image_size=64, prompt_embed_dim=32, encoder_embed_dim=64, encoder_depth=1,
+                              encoder_patch_size=8, encoder_num_heads=4, decoder_depth=2,
+                              class_names=["circle", "square", "triangle", "star"]),
+        data=DataConfig(synthetic=True, image_size=64, synthetic_train_size=2000, synthetic_eval_size=200),
+        train=TrainConfig(lr=3e-3, warmup_steps=20, total_steps=300, micro_batch_size=8, grad_accum=1,
+                          eval_every=100, save_every=100, nproc=2, precision="fp32", output_dir="runs/tiny"),
+        generators=GeneratorsConfig(tiny=True, num_inference_steps=2, image_size=32, num_frames=4, audio_seconds=0.5),
+        chat=ChatConfig(system=TINY_SYSTEM),
+        device="cpu", dtype="float32").validate()
 
-    @classmethod
-    def paper_7b(cls, checkpoints_dir: Optional[str] = None,   # folder holding the checkpoints under their usual names
-                 data_root: Optional[str] = None,              # folder holding the datasets in LISA's layout
-                ) -> "LLMBindConfig":
-        "The paper's setting: LLaVA-7B (LISA's LLaVA-Lightning-7B-v1-1), CLIP ViT-L/14, SAM ViT-H; folders filled in when given (nothing is checked or downloaded)."
-        def p(name): return str(Path(checkpoints_dir).expanduser() / name) if checkpoints_dir else None
-        return cls(preset="paper_7b",
-            vision=VisionConfig(pretrained_path=p("clip-vit-large-patch14"), projector="linear"),
-            llm=LLMConfig(pretrained_path=p("LLaVA-Lightning-7B-v1-1")),
-            moe=MoEConfig(),
-            segment=SegmentConfig(sam_type="vit_h", checkpoint=p("sam_vit_h_4b8939.pth"),
-                                  class_names=[]),
-            data=DataConfig(data_dir=str(Path(data_root).expanduser()) if data_root else None, datasets=paper_datasets()),
-            train=TrainConfig(nproc=8, output_dir="runs/paper_7b"),
-            generators=GeneratorsConfig(image_gen_path=p("stable-diffusion-v1-5"), image_edit_path=p("instruct-pix2pix"),
-                                        video_path=p("text-to-video-ms-1.7b"), audio_path=p("audioldm-s-full-v2")),
-            device="auto", dtype="auto").validate()
+LLMBindConfig.tiny = _tiny
 
-    @classmethod
-    def from_preset(cls, name: str, **kw) -> "LLMBindConfig":
-        "`'tiny'` or `'paper_7b'`."
-        if name not in _PRESETS: raise ConfigError(f"unknown preset '{name}' (choose one of {', '.join(_PRESETS)})")
-        return getattr(cls, name)(**kw)
+# %% ../nbs/00_config.ipynb #d2e28b1e
+@classmethod
+def _paper_7b(cls, checkpoints_dir: Optional[str] = None,   # folder holding the checkpoints under their usual names
+             data_root: Optional[str] = None,              # folder holding the datasets in LISA's layout
+            ) -> "LLMBindConfig":
+    "The paper's setting: LLaVA-7B (LISA's LLaVA-Lightning-7B-v1-1), CLIP ViT-L/14, SAM ViT-H; folders filled in when given (nothing is checked or downloaded)."
+    def p(name): return str(Path(checkpoints_dir).expanduser() / name) if checkpoints_dir else None
+    return cls(preset="paper_7b",
+        vision=VisionConfig(pretrained_path=p("clip-vit-large-patch14"), projector="linear"),
+        llm=LLMConfig(pretrained_path=p("LLaVA-Lightning-7B-v1-1")),
+        moe=MoEConfig(),
+        segment=SegmentConfig(sam_type="vit_h", checkpoint=p("sam_vit_h_4b8939.pth"),
+                              class_names=[]),
+        data=DataConfig(data_dir=str(Path(data_root).expanduser()) if data_root else None, datasets=paper_datasets()),
+        train=TrainConfig(nproc=8, output_dir="runs/paper_7b"),
+        generators=GeneratorsConfig(image_gen_path=p("stable-diffusion-v1-5"), image_edit_path=p("instruct-pix2pix"),
+                                    video_path=p("text-to-video-ms-1.7b"), audio_path=p("audioldm-s-full-v2")),
+        device="auto", dtype="auto").validate()
 
-_PRESETS = ("tiny", "paper_7b")
+@classmethod
+def _from_preset(cls, name: str, **kw) -> "LLMBindConfig":
+    "`'tiny'` or `'paper_7b'`."
+    if name not in _PRESETS: raise ConfigError(f"unknown preset '{name}' (choose one of {', '.join(_PRESETS)})")
+    return getattr(cls, name)(**kw)
+
+LLMBindConfig.paper_7b, LLMBindConfig.from_preset = _paper_7b, _from_preset
 
 # %% ../nbs/00_config.ipynb #322d3404
 def _load_text(path: Path) -> dict:
@@ -566,6 +574,9 @@ def _from_file(cls, path) -> "LLMBindConfig":
     try: return cls.from_dict(_load_text(path))
     except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
 
+LLMBindConfig.save, LLMBindConfig.from_file = _save, _from_file
+
+# %% ../nbs/00_config.ipynb #22688347
 def _parse_scalar(s: str):
     "JSON first (so `1e-3` is a number, unlike YAML 1.1), then YAML (bare words, lists), else the string."
     try: return json.loads(s)
@@ -596,7 +607,7 @@ def _override(self, *assignments: str) -> "LLMBindConfig":
         node[parts[-1]] = _parse_scalar(val.strip())
     return type(self).from_dict(d)
 
-LLMBindConfig.save, LLMBindConfig.from_file, LLMBindConfig.override = _save, _from_file, _override
+LLMBindConfig.override = _override
 
 # %% ../nbs/00_config.ipynb #5347c120
 def apply_paths(cfg: LLMBindConfig,                  # any config: a preset or one read from a file

@@ -26,7 +26,7 @@ __all__ = ['DISPATCH_LABELS', 'NO_CALL_TASKS', 'PROMPT_TASKS', 'TARGETS', 'REFER
            'summary_metrics', 'check_targets', 'format_report', 'plot_iou_histogram', 'feature_stats',
            'frechet_distance_from_stats', 'frechet_distance', 'images_to_tensor', 'RandomConvFeatures',
            'extract_features', 'fid', 'video_frames_of', 'video_fid', 'RandomAudioFeatures', 'audio_fd',
-           'inception_score', 'clip_similarity', 'tiny_clip', 'clip_image_features', 'InceptionFeatures', 'lisa_prompt',
+           'inception_score', 'tiny_clip', 'clip_similarity', 'clip_image_features', 'InceptionFeatures', 'lisa_prompt',
            'benchmark_files', 'benchmark_samples', 'evaluate_benchmark', 'benchmark_table', 'relocate_checkpoints',
            'load_eval_model', 'is_checkpoint_dir', 'find_checkpoint', 'find_data_dir', 'load_eval_samples',
            'evaluate_run', 'evaluate_sets', 'sets_summary', 'parse_benchmarks', 'evaluate_benchmarks',
@@ -384,6 +384,7 @@ def _score_turn(model, it: EvalItem, res, forced_masks: bool, class_names, max_n
         rec["cls_correct"] = [k < len(got) and str(got[k]) == _class_name(c, class_names) for k, c in enumerate(it.classes)]
     return rec
 
+# %% ../nbs/14_evaluate.ipynb #1c7c424e
 def _mean(v) -> float: return float(np.mean(v)) if len(v) else float("nan")
 
 def summarize(records: Sequence[dict]) -> dict:
@@ -418,13 +419,13 @@ def summarize(records: Sequence[dict]) -> dict:
         "cls_accuracy": _mean(pick("cls_correct")), "n_labels": len(pick("cls_correct")),
     }
 
-
 # %% ../nbs/14_evaluate.ipynb #59748a84
 def _own_history(history: list, own: list) -> list:
     "The gold history with its assistant turns replaced, in order, by the model's own earlier answers."
     it = iter(own)
     return [dict(m, content=next(it)) if m["role"] == "assistant" else dict(m) for m in history]
 
+# %% ../nbs/14_evaluate.ipynb #5c7e6e2a
 def evaluate_model(model,                               # anything with LLMBindForCausalLM's `generate`
                    samples: Sequence[Sample],           # held-out samples (e.g. the shapes world's test split)
                    max_new_tokens: int = 96,            # answer length limit
@@ -481,7 +482,6 @@ def evaluate_model(model,                               # anything with LLMBindF
     if keep_records: report["records"], report["free_records"] = records, (free if free_running else [])
     if keep_examples: report["examples"] = examples
     return report
-
 
 # %% ../nbs/14_evaluate.ipynb #1e317d88
 TARGETS = {"dispatch_accuracy": (">=", 0.98), "prompt_exact_match": (">=", 0.90), "referring_ciou": (">=", 0.5),
@@ -543,6 +543,7 @@ def format_report(report: dict, title: str = "llmbind evaluation") -> str:
         lines += [f"| {t} | {_fmt(v, True)} |" for t, v in r["prompt_exact_match_by_task"].items()]
     return "\n".join(lines)
 
+# %% ../nbs/14_evaluate.ipynb #a493f94d
 def plot_iou_histogram(report_or_ious,         # a report (its records' per-mask IoUs) or {label: list of IoUs}
                        forced: bool = False,   # the teacher-forced IoUs of a report
                        bins: int = 20, ax=None):
@@ -620,6 +621,7 @@ def images_to_tensor(images,          # list of PIL images, (H, W, 3) uint8/floa
         return torch.stack(arrs)
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
+# %% ../nbs/14_evaluate.ipynb #aa687da5
 class RandomConvFeatures(nn.Module):
     "A fixed random CNN image feature extractor (offline default; numbers are NOT comparable to published FID)."
     comparable_to_published = False
@@ -640,6 +642,7 @@ class RandomConvFeatures(nn.Module):
         for c in self.convs: x = F.relu(c(x))
         return x.mean((2, 3)).numpy()                             # (N, dim)
 
+# %% ../nbs/14_evaluate.ipynb #e4033699
 def extract_features(extractor: Callable,     # items -> (n, D) array or tensor
                      items: Sequence,         # images, frames or waveforms
                      batch_size: int = 64,
@@ -722,6 +725,26 @@ def inception_score(probs,            # (N, C) class probabilities p(y|x) of N g
     return float(np.mean(scores)), float(np.std(scores))
 
 # %% ../nbs/14_evaluate.ipynb #47fc02f1
+def tiny_clip(seed: int = 0, image_size: int = 32):
+    "A tiny random `CLIPModel` and its processor, built offline (for tests; its scores mean nothing)."
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPImageProcessor, CLIPProcessor
+    syms = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for s in syms: vocab.setdefault(s, len(vocab))
+    for s in syms: vocab.setdefault(s + "</w>", len(vocab))             # every character is one token
+    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
+    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
+                                      pad_token_id=1, **small),
+                     vision_config=dict(image_size=image_size, patch_size=8, **small), projection_dim=16)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(cfg).eval()
+    return model, CLIPProcessor(image_processor=ip, tokenizer=tok)
+
+# %% ../nbs/14_evaluate.ipynb #06d21d9d
 def _pooled(out) -> torch.Tensor:
     "Projected CLIP embeddings from `get_*_features` (a tensor, or an output with `pooler_output` in transformers 5)."
     return out if torch.is_tensor(out) else out.pooler_output
@@ -762,25 +785,7 @@ def clip_similarity(images,                 # one item per prompt: an image, or 
     per_item = np.array([cos[owner == i].mean() for i in range(len(images))])
     return float(per_item.mean()) if reduce else per_item
 
-def tiny_clip(seed: int = 0, image_size: int = 32):
-    "A tiny random `CLIPModel` and its processor, built offline (for tests; its scores mean nothing)."
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer, CLIPImageProcessor, CLIPProcessor
-    syms = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for s in syms: vocab.setdefault(s, len(vocab))
-    for s in syms: vocab.setdefault(s + "</w>", len(vocab))             # every character is one token
-    tok = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=4)
-    cfg = CLIPConfig(text_config=dict(vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0, eos_token_id=1,
-                                      pad_token_id=1, **small),
-                     vision_config=dict(image_size=image_size, patch_size=8, **small), projection_dim=16)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIPModel(cfg).eval()
-    return model, CLIPProcessor(image_processor=ip, tokenizer=tok)
-
+# %% ../nbs/14_evaluate.ipynb #6b4f08d1
 def clip_image_features(clip_model, processor, batch_size: int = 32) -> Callable:
     "A feature extractor (images -> normalised CLIP image embeddings) for `fid`/`video_fid`."
     @torch.no_grad()
@@ -885,6 +890,7 @@ def _ref_mask(segs: list, height: int, width: int) -> np.ndarray:
             m |= segmentation_to_mask(part, height, width)
     return m[None]
 
+# %% ../nbs/14_evaluate.ipynb #c657a99c
 def _refer_samples(f: dict, split: str, image_sep: str) -> list[Sample]:
     "One sample per sentence of the references in `split`."
     coco = json.loads(Path(f["instances"]).read_text(encoding="utf-8"))
@@ -1034,6 +1040,7 @@ def _write_report(report: dict, out) -> dict:
     report["out"] = str(out)
     return report
 
+# %% ../nbs/14_evaluate.ipynb #738d3408
 def find_data_dir(run_dir, model_dir=None) -> Path:
     "The shapes world of a run: RUN/data, RUN/shapes_world, RUN/world or the saved config's data.data_dir."
     run = Path(run_dir)
@@ -1060,6 +1067,7 @@ def load_eval_samples(data_dir,                     # a shapes world written by 
     k = lambda leaf: limit.get(leaf, 0) if isinstance(limit, Mapping) else limit
     return [s for leaf, v in world.items() for s in (list(v)[:k(leaf)] if limit is not None else list(v))]
 
+# %% ../nbs/14_evaluate.ipynb #e2359430
 def evaluate_run(run_dir=None,                      # a run folder (model and data found as described above)
                  model_dir=None,                    # or: the folder written by save_pretrained
                  data_dir=None,                     # and: the shapes world
@@ -1104,6 +1112,7 @@ def _eval_set_to(path: str, *args):
     import pickle
     Path(path).write_bytes(pickle.dumps(_eval_set(*args)))
 
+# %% ../nbs/14_evaluate.ipynb #5691d0a1
 def evaluate_sets(run_dir,                            # a run folder whose evaluation was recorded (RUN/eval_settings.json)
                   settings: Optional[dict] = None,    # instead of the recorded ones (they are then recorded)
                   model_dir=None, device=None, checkpoints_dir=None, config=None,
@@ -1140,6 +1149,7 @@ def evaluate_sets(run_dir,                            # a run folder whose evalu
         shutil.rmtree(tmp, ignore_errors=True)
     return {"settings": settings, "model_dir": model_dir, "sets": {n: out[n] for n in names}}
 
+# %% ../nbs/14_evaluate.ipynb #fd7a54f9
 def sets_summary(result: dict) -> dict:
     "What a run's report keeps of `evaluate_sets`: per set the reports without records, examples and timing."
     drop = ("records", "free_records", "examples", "seconds")
@@ -1213,6 +1223,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
+# %% ../nbs/14_evaluate.ipynb #5df86106
 def eval_command(argv: Sequence[str]) -> int:
     "`llmbind eval`: evaluate a saved model on a shapes-world split or on LISA's benchmarks, print the table, write the JSON report."
     a = _eval_parser().parse_args(list(argv))

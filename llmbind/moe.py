@@ -14,13 +14,10 @@ from . import kernels
 from .kernels import route
 
 # %% auto #0
-__all__ = ['LoRAMoEMergeError', 'LoRAMoELinear', 'inject_lora_moe', 'lora_moe_layers', 'load_balancing_loss', 'moe_aux_loss',
+__all__ = ['LoRAMoELinear', 'LoRAMoEMergeError', 'inject_lora_moe', 'lora_moe_layers', 'load_balancing_loss', 'moe_aux_loss',
            'RoutingStats', 'routing_stats', 'count_parameters', 'parameter_table']
 
 # %% ../nbs/02_lora_moe.ipynb #6a17a604
-class LoRAMoEMergeError(RuntimeError):
-    "Raised by `LoRAMoELinear.merge`: input-dependent routing cannot be folded into one weight."
-
 class LoRAMoELinear(nn.Module):
     """Eq. 6: o = W0 x + (alpha/r) * sum_i w_i(x) B_i A_i x with top-k routing w(x) = route(x W_g)."""
     def __init__(self, base_layer: nn.Linear,  # the frozen linear W0 (it is frozen here)
@@ -62,65 +59,76 @@ class LoRAMoELinear(nn.Module):
             nn.init.zeros_(self.lora_B)
         self.router.reset_parameters()
 
-    @property
-    def weight(self) -> torch.Tensor: return self.base_layer.weight
-    @property
-    def bias(self) -> Optional[torch.Tensor]: return self.base_layer.bias
+# %% ../nbs/02_lora_moe.ipynb #cf64f8b3
+def _weight(self) -> torch.Tensor: return self.base_layer.weight
+def _bias(self) -> Optional[torch.Tensor]: return self.base_layer.bias
+LoRAMoELinear.weight, LoRAMoELinear.bias = property(_weight), property(_bias)   # what code that expects an nn.Linear reads
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) -> (..., d_out)
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"expected inputs with last dimension {self.in_features}, got shape {tuple(x.shape)}")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)                          # (T, d_in)
-        impl = kernels.get_impl(self.impl)
-        if getattr(impl, "routes_inside", False):                     # "fused": the whole layer in one Function
-            if self._can_fuse(x2): return self._forward_fused(impl, x2).view(*lead, self.out_features)
-            impl = kernels.get_impl("dense")                          # otherwise the stacked path (same numbers)
-        out = self.base_layer(x2)                                     # (T, d_out)  W0 x
-        same_dtype = x2.dtype == self.lora_A.dtype == out.dtype
-        h = None
-        if (getattr(impl, "accepts_h", False) and same_dtype and isinstance(self.lora_dropout, nn.Identity)
-                and not hasattr(self.router.weight, "ds_id")):   # ZeRO-3 gathers router.weight only inside router()
-            N, r = self.num_experts, self.r                           # router and all A_i in one matmul
-            w_cat = torch.cat([self.router.weight, self.lora_A.reshape(N * r, self.in_features)])   # (N + N r, d_in)
-            hl = F.linear(x2, w_cat)                                  # (T, N + N r)
-            logits, h = hl[:, :N], hl[:, N:]                          # (T, N) x W_g, (T, N r) A_i x
-        else:
-            logits = self.router(x2)                                  # (T, N)      x W_g
-        self.last_router_logits = logits
-        weights, experts = route(logits, self.top_k, self.renormalize)   # (T, k), (T, k)
-        xa = self.lora_dropout(x2)
-        if same_dtype:                                                # the usual case: add into W0 x in place
-            out = impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling, out=out, h=h)
-        else:                                                          # mixed dtypes (autocast): add a cast copy
-            xa = xa.to(self.lora_A.dtype)
-            out = out + impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling).to(out.dtype)
-        return out.view(*lead, self.out_features)
+def _can_fuse(self, x2: torch.Tensor) -> bool:
+    "The fused path needs: no LoRA dropout, one dtype, no autocast, no ZeRO-3 partitioned router."
+    return (isinstance(self.lora_dropout, nn.Identity) and x2.dtype == self.lora_A.dtype == self.router.weight.dtype
+            and not torch.is_autocast_enabled(x2.device.type) and not hasattr(self.router.weight, "ds_id"))
 
-    def _can_fuse(self, x2: torch.Tensor) -> bool:
-        "The fused path needs: no LoRA dropout, one dtype, no autocast, no ZeRO-3 partitioned router."
-        return (isinstance(self.lora_dropout, nn.Identity) and x2.dtype == self.lora_A.dtype == self.router.weight.dtype
-                and not torch.is_autocast_enabled(x2.device.type) and not hasattr(self.router.weight, "ds_id"))
+def _forward_fused(self, impl, x2: torch.Tensor) -> torch.Tensor:
+    base = self.base_layer
+    args = (x2, self.router.weight, self.lora_A, self.lora_B, self.top_k, self.scaling, self.renormalize)
+    if type(base) is nn.Linear and base.weight.dtype == x2.dtype and not hasattr(base.weight, "ds_id"):
+        out, logits = impl(*args, base_weight=base.weight, base_bias=base.bias)   # W0 folded into the GEMMs
+    else: out, logits = impl(*args, base_out=base(x2))          # quantised / partitioned / stand-in bases
+    self.last_router_logits = logits                              # (T, N) with gradient, for Eq. 10
+    return out
 
-    def _forward_fused(self, impl, x2: torch.Tensor) -> torch.Tensor:
-        base = self.base_layer
-        args = (x2, self.router.weight, self.lora_A, self.lora_B, self.top_k, self.scaling, self.renormalize)
-        if type(base) is nn.Linear and base.weight.dtype == x2.dtype and not hasattr(base.weight, "ds_id"):
-            out, logits = impl(*args, base_weight=base.weight, base_bias=base.bias)   # W0 folded into the GEMMs
-        else: out, logits = impl(*args, base_out=base(x2))          # quantised / partitioned / stand-in bases
-        self.last_router_logits = logits                              # (T, N) with gradient, for Eq. 10
-        return out
+LoRAMoELinear._can_fuse, LoRAMoELinear._forward_fused = _can_fuse, _forward_fused
 
-    def merge(self, *args, **kwargs):
-        "Always raises: the update (alpha/r) sum_i w_i(x) B_i A_i depends on the input, so it has no single merged weight."
-        raise LoRAMoEMergeError(
-            "a LoRA-MoE layer cannot be merged into its base weight: the routing weights w_i(x) change with every "
-            "token, so there is no single W0 + dW to store. Keep the layer unmerged (it is exact and cheap), or "
-            "fix a routing yourself and merge (alpha/r) * sum_i w_i B_i A_i for that fixed w.")
+# %% ../nbs/02_lora_moe.ipynb #5adbcea7
+def _lora_moe_forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) -> (..., d_out)
+    if x.shape[-1] != self.in_features:
+        raise ValueError(f"expected inputs with last dimension {self.in_features}, got shape {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, self.in_features)                          # (T, d_in)
+    impl = kernels.get_impl(self.impl)
+    if getattr(impl, "routes_inside", False):                     # "fused": the whole layer in one Function
+        if self._can_fuse(x2): return self._forward_fused(impl, x2).view(*lead, self.out_features)
+        impl = kernels.get_impl("dense")                          # otherwise the stacked path (same numbers)
+    out = self.base_layer(x2)                                     # (T, d_out)  W0 x
+    same_dtype = x2.dtype == self.lora_A.dtype == out.dtype
+    h = None
+    if (getattr(impl, "accepts_h", False) and same_dtype and isinstance(self.lora_dropout, nn.Identity)
+            and not hasattr(self.router.weight, "ds_id")):   # ZeRO-3 gathers router.weight only inside router()
+        N, r = self.num_experts, self.r                           # router and all A_i in one matmul
+        w_cat = torch.cat([self.router.weight, self.lora_A.reshape(N * r, self.in_features)])   # (N + N r, d_in)
+        hl = F.linear(x2, w_cat)                                  # (T, N + N r)
+        logits, h = hl[:, :N], hl[:, N:]                          # (T, N) x W_g, (T, N r) A_i x
+    else:
+        logits = self.router(x2)                                  # (T, N)      x W_g
+    self.last_router_logits = logits
+    weights, experts = route(logits, self.top_k, self.renormalize)   # (T, k), (T, k)
+    xa = self.lora_dropout(x2)
+    if same_dtype:                                                # the usual case: add into W0 x in place
+        out = impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling, out=out, h=h)
+    else:                                                          # mixed dtypes (autocast): add a cast copy
+        xa = xa.to(self.lora_A.dtype)
+        out = out + impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling).to(out.dtype)
+    return out.view(*lead, self.out_features)
 
-    def extra_repr(self) -> str:
-        return (f"experts={self.num_experts}, top_k={self.top_k}, r={self.r}, lora_alpha={self.lora_alpha}, "
-                f"impl={self.impl!r}" + ("" if self.renormalize else ", renormalize=False"))
+LoRAMoELinear.forward = _lora_moe_forward
+
+# %% ../nbs/02_lora_moe.ipynb #c8a012b8
+class LoRAMoEMergeError(RuntimeError):
+    "Raised by `LoRAMoELinear.merge`: input-dependent routing cannot be folded into one weight."
+
+def _merge(self, *args, **kwargs):
+    "Always raises: the update (alpha/r) sum_i w_i(x) B_i A_i depends on the input, so it has no single merged weight."
+    raise LoRAMoEMergeError(
+        "a LoRA-MoE layer cannot be merged into its base weight: the routing weights w_i(x) change with every "
+        "token, so there is no single W0 + dW to store. Keep the layer unmerged (it is exact and cheap), or "
+        "fix a routing yourself and merge (alpha/r) * sum_i w_i B_i A_i for that fixed w.")
+
+def _extra_repr(self) -> str:
+    return (f"experts={self.num_experts}, top_k={self.top_k}, r={self.r}, lora_alpha={self.lora_alpha}, "
+            f"impl={self.impl!r}" + ("" if self.renormalize else ", renormalize=False"))
+
+LoRAMoELinear.merge, LoRAMoELinear.extra_repr = _merge, _extra_repr
 
 # %% ../nbs/02_lora_moe.ipynb #26f104b9
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -250,28 +250,39 @@ class DataStream:
             if b is not None: return b
         raise ConversationTooLong(f"{MAX_SKIPPED_BATCHES + 1} micro-batches in a row held no conversation that fits "
                                   f"llm.model_max_length; raise it or check the data")
-    def _start(self):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")      # the workers tokenize; no fork warning from HF tokenizers
-        ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
-        self._issued, self._states = 0, {}
-        loader = torch.utils.data.DataLoader(_Batches(self.read), batch_size=None, sampler=_Keys(self), collate_fn=_first,
-                                             num_workers=self.num_workers, multiprocessing_context=ctx, prefetch_factor=2)
-        self._it = iter(loader)
-    def close(self):
-        "Stop the worker processes (they start again on the next batch)."
-        if self._it is not None:
-            self._it._shutdown_workers(); self._it = None
-            self.plan.load_state_dict(self._state)       # the plan ran ahead for the prefetched batches: rewind it
-    def state_dict(self) -> dict:
-        "Where the stream stands after the batches returned so far (JSON-serialisable)."
-        return json.loads(json.dumps(self._state))
-    def load_state_dict(self, state: dict):
-        "Continue after the batches `state` was taken at."
-        self.close(); self.plan.load_state_dict(state); self._state = self.plan.state_dict()
-        return self
-    def __del__(self):
-        try: self.close()
-        except Exception: pass
+
+# %% ../nbs/10a_pipeline.ipynb #ecc1bced
+def _stream_start(self):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")      # the workers tokenize; no fork warning from HF tokenizers
+    ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
+    self._issued, self._states = 0, {}
+    loader = torch.utils.data.DataLoader(_Batches(self.read), batch_size=None, sampler=_Keys(self), collate_fn=_first,
+                                         num_workers=self.num_workers, multiprocessing_context=ctx, prefetch_factor=2)
+    self._it = iter(loader)
+
+def _stream_close(self):
+    "Stop the worker processes (they start again on the next batch)."
+    if self._it is not None:
+        self._it._shutdown_workers(); self._it = None
+        self.plan.load_state_dict(self._state)       # the plan ran ahead for the prefetched batches: rewind it
+
+DataStream._start, DataStream.close = _stream_start, _stream_close
+
+# %% ../nbs/10a_pipeline.ipynb #6032efb7
+def _stream_state_dict(self) -> dict:
+    "Where the stream stands after the batches returned so far (JSON-serialisable)."
+    return json.loads(json.dumps(self._state))
+
+def _stream_load_state_dict(self, state: dict):
+    "Continue after the batches `state` was taken at."
+    self.close(); self.plan.load_state_dict(state); self._state = self.plan.state_dict()
+    return self
+
+def _stream_del(self):
+    try: self.close()
+    except Exception: pass
+
+DataStream.state_dict, DataStream.load_state_dict, DataStream.__del__ = _stream_state_dict, _stream_load_state_dict, _stream_del
 
 # %% ../nbs/10a_pipeline.ipynb #0cf78488
 def build_model(cfg: LLMBindConfig,

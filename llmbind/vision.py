@@ -117,6 +117,7 @@ def checkpoint_files(folder) -> list[Path]:
     raise FileNotFoundError(f"{folder} holds no weights (model.safetensors[.index.json] or pytorch_model.bin[.index.json]); "
                             "copy the whole checkpoint folder there")
 
+# %% ../nbs/04_vision.ipynb #117af27b
 def _keys_and_reader(file: Path):
     "The keys of one weight file and a function that reads one tensor (nothing is read before it is asked for)."
     if file.suffix == ".safetensors":
@@ -146,6 +147,7 @@ def read_checkpoint(files: Sequence,                      # weight files (checkp
             parts[part][new] = t
     return parts
 
+# %% ../nbs/04_vision.ipynb #4fcc281c
 def _few(keys: list, n: int = 4) -> str:
     return f"{len(keys)} {keys[:n]}" + (" ..." if len(keys) > n else "")
 
@@ -190,6 +192,7 @@ def _quiet_transformers():
         hf_logging.set_verbosity(old)
         if bars: hf_logging.enable_progress_bar()
 
+# %% ../nbs/04_vision.ipynb #09f7465c
 class VisionTower(nn.Module):
     "A CLIP vision model that returns the patch features of `select_layer` (CLS dropped for 'patch')."
     def __init__(self,
@@ -264,6 +267,7 @@ def clip_vision_config(path):
         raise ConfigError(f"vision.pretrained_path '{path}' holds a {cj.get('model_type')!r} model, not CLIP; point it at a CLIP folder")
     return CLIPVisionConfig(**cj["vision_config"]) if "vision_config" in cj else CLIPVisionConfig(**cj)
 
+# %% ../nbs/04_vision.ipynb #ea3a76b0
 def _load_clip(path: Path, strict: bool, seed: int):
     "A CLIPVisionModel from a local folder, every key checked."
     from transformers import CLIPVisionModel
