@@ -153,7 +153,7 @@ def copy_dialogues(n: int,                 # number of dialogues
         out.append(Sample(id=f"copy_{seed}_{i:06d}", task="vqa", messages=msgs, source=f"copy:{seed}:{i}"))
     return out
 
-# %% ../nbs/11a_demo.ipynb #b8282f75
+# %% ../nbs/11a_demo.ipynb #cecc66e4
 def _stage_a_phases(cfg_a: LLMBindConfig, tokenizer, steps: int, batch_size: int, seed: int, copy_steps: int,
                     copy_weight: float, group: int, mix: Optional[dict]) -> list[tuple[str, DemoData, int]]:
     "(phase, batches, steps) of stage A: copy dialogues alone first (if `copy_steps`), then the text mixture with the copies in it."
@@ -164,6 +164,7 @@ def _stage_a_phases(cfg_a: LLMBindConfig, tokenizer, steps: int, batch_size: int
     phases.append(("mixture", stream(dict(mix, copy=copy_weight) if copy_weight else mix), steps))
     return phases
 
+# %% ../nbs/11a_demo.ipynb #a5e736ef
 def _start_sam_process(cfg_a: LLMBindConfig, out: Path, sam_steps: int, sam_lr: float, seed: int, threads: int):
     "SAM's point-prompt pretraining in a second process (it shares nothing with the LLM); None when there are no SAM steps."
     if not sam_steps: return None
@@ -197,6 +198,7 @@ def _save_base(model, cfg_a: LLMBindConfig, out: Path):
     extra = {k: v.detach().contiguous() for k, v in model.state_dict().items() if k.startswith(("projector.", "vision_tower.", "segment.sam."))}
     save_file(extra, str(out / "extra.safetensors"))
 
+# %% ../nbs/11a_demo.ipynb #a2177f79
 def train_stage_a(cfg: LLMBindConfig, out_dir, steps: int = 900, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                   log_every: int = 10, time_limit: Optional[float] = None, threads: int = 1, progress: bool = True,
                   sam_steps: int = 400, sam_lr: float = 3e-3,
@@ -258,7 +260,7 @@ def _sam_process(cfg_dict: dict, out_dir: str, steps: int, lr: float, seed: int,
               str(out / "sam.safetensors"))
     (out / "sam_summary.json").write_text(json.dumps(res))
 
-# %% ../nbs/11a_demo.ipynb #a1f4bdd4
+# %% ../nbs/11a_demo.ipynb #a8609d61
 def _point_pairs(data_dir, split: str, max_images: int, seed: int) -> tuple[list, list]:
     "Images of the referring and semantic leaves of `split` and (image index, non-empty mask) pairs."
     world = load_shapes_world(data_dir, split, leaves=["seg/referring", "seg/semantic"], seed=seed)
@@ -291,6 +293,7 @@ def _point_batch(sam, S, pixels, pairs, pick, rng, encoder_grad: bool):
     lo = _masks_paired(sam.mask_decoder, emb[[at[o] for o in owner]], image_pe, sparse, dense)   # (B, 1, 4h, 4w)
     return sam.postprocess_masks(lo, input_size=(S, S), original_size=tuple(gt.shape[1:]))[:, 0], gt
 
+# %% ../nbs/11a_demo.ipynb #81d81dbd
 def pretrain_sam(model, data_dir, steps: int = 300, batch_size: int = 32, lr: float = 1e-3, max_images: int = 800,
                  seed: int = 0, log=None,
                  train_encoder: bool = True) -> dict:   # train SAM's image encoder too (else only the mask decoder)
@@ -351,7 +354,7 @@ def routing_by_task(model, cfg: LLMBindConfig, samples: dict, per_leaf: int = 8)
         out[leaf.split("/")[-1]] = {_short(n): st.load.tolist() for n, st in routing_stats(model.llm, o.attention_mask.bool()).items()}
     return out
 
-# %% ../nbs/11a_demo.ipynb #17ab2b6f
+# %% ../nbs/11a_demo.ipynb #ff797681
 def _read_jsonl(p) -> list:
     p = Path(p)
     return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.is_file() else []
@@ -376,6 +379,7 @@ def plot_losses(out_dir, path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
+# %% ../nbs/11a_demo.ipynb #fbf416e9
 def plot_routing(routing: dict, path) -> Path:
     "Expert load per task (rows) and LoRA-MoE linear (panels)."
     from matplotlib.figure import Figure      # no pyplot: the caller's backend and open figures stay as they are
@@ -403,6 +407,7 @@ def plot_masks(examples: list, path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=80)
     return Path(path)
 
+# %% ../nbs/11a_demo.ipynb #80ca16b0
 SET_NAMES = {"test": "test split (unseen pairs and phrasings)", "pairs": "unseen pairs, training phrasings"}
 VIEWS = (("all turns", None), ("first turns", "first_turns"), ("free-running", "free_running"))
 
@@ -418,6 +423,7 @@ def plot_confusions(evaluation: dict, path) -> Path:
 def _fmt(v) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
+# %% ../nbs/11a_demo.ipynb #4223406c
 def demo_targets(report: dict) -> list[dict]:
     "One row per target of `llmbind.evaluate.TARGETS`: its goal and value in each test set and view (all, first, free-running)."
     rows = []
@@ -432,6 +438,7 @@ def demo_targets(report: dict) -> list[dict]:
         rows.append(row)
     return rows
 
+# %% ../nbs/11a_demo.ipynb #ec51df1d
 def write_report(out_dir, report: dict) -> Path:
     "report.json and report.md (targets, every metric of both test sets, timings, plots) in the run folder."
     out = Path(out_dir)
@@ -464,8 +471,7 @@ def write_report(out_dir, report: dict) -> Path:
     (out / "report.md").write_text("\n".join(L) + "\n")
     return out / "report.md"
 
-
-# %% ../nbs/11a_demo.ipynb #6d0eea6a
+# %% ../nbs/11a_demo.ipynb #84efadb5
 def _load() -> str:
     try: return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError: return "n/a"
@@ -478,6 +484,7 @@ def _fresh_run_folder(out: Path, overwrite: bool) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     return out
 
+# %% ../nbs/11a_demo.ipynb #911624d8
 def _write_data(cfg: LLMBindConfig, out: Path, quick: bool, seed: int, phrasing: str):
     "Step 1: the shapes world (out/data), the second test set (out/data_pairs) and the world's tokenizer."
     sizes = demo_sizes(quick)
@@ -505,6 +512,7 @@ def _run_stage_b(cfg: LLMBindConfig, out: Path, nproc: int, progress: bool) -> d
         else: os.environ["PYTHONPATH"] = old_pp
         if old_shm is None: os.environ.pop("LLMBIND_DS_SHM", None)
 
+# %% ../nbs/11a_demo.ipynb #e05f5062
 def _evaluate_run(cfg: LLMBindConfig, out: Path, eval_per_leaf, seed: int) -> tuple[dict, dict]:
     "Step 4: save out/model, read the expert load per task, evaluate both test sets; (routing, `evaluate_sets` result)."
     torch.set_num_threads(1)

@@ -177,7 +177,7 @@ def lora_moe_grouped(x, lora_A, lora_B, weights, experts, scaling, out=None, h=N
     scale = weights.reshape(-1).to(x.dtype)[order] * scaling
     return combine(ys, tokens, scale, x.new_zeros(T, d_out) if out is None else out)
 
-# %% ../nbs/03_moe_kernels.ipynb #a8531112
+# %% ../nbs/03_moe_kernels.ipynb #5954766c
 def _triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -225,6 +225,7 @@ def _triton_mm_kernel(interpret: bool):
         if old is None: os.environ.pop("TRITON_INTERPRET", None)
         else: os.environ["TRITON_INTERPRET"] = old
 
+# %% ../nbs/03_moe_kernels.ipynb #73b308d3
 def triton_mm(a: torch.Tensor,                      # (M, K), any strides
               b: torch.Tensor,                      # (K, N), any strides
               out: Optional[torch.Tensor] = None,   # (M, N): if given, the product is ADDED into it
@@ -321,6 +322,7 @@ def _fused_forward(x, W_cat, B_cat, N, top_k, scaling, renormalize, base_weight=
         out.addmm_(x, base_weight.t())                              # + x W0^T, accumulated by the frozen GEMM
     return out, logits, s, probs, w, experts, gate
 
+# %% ../nbs/03_moe_kernels.ipynb #3e5aa8fc
 class FusedLoRAMoE(torch.autograd.Function):
     "The whole LoRA-MoE layer (base, router, top-k, experts) with a hand-written backward at width N r."
     @staticmethod
@@ -416,6 +418,7 @@ def check_impl(name: str,                 # implementation to check
     for k in ("x", "lora_A", "lora_B", "logits"): errs[k] = rel(p[k].grad, q[k].grad)
     return errs
 
+# %% ../nbs/03_moe_kernels.ipynb #dfe6ddca
 def check_fused(T: int = 13, d_in: int = 24, d_out: int = 40, num_experts: int = 4, top_k: int = 2, r: int = 4,
                 dtype=torch.float32, device="cpu",
                 with_bias: bool = True,      # the base as weight + bias (folded in); False: as an output given from outside
@@ -440,4 +443,3 @@ def check_fused(T: int = 13, d_in: int = 24, d_out: int = 40, num_experts: int =
     errs = {"out": rel(y, y_ref), "logits": rel(lg, lg_ref)}
     for k in ("x", "lora_A", "lora_B", "router", "W0", "b0"): errs[k] = rel(p[k].grad, q[k].grad)
     return errs
-

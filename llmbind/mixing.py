@@ -103,23 +103,26 @@ class MixtureSampler:
             out[leaf] = int(n)
         return out
 
-    @classmethod
-    def from_config(cls,
-                    config,                     # an `LLMBindConfig` or a `DataConfig` (its `mix` tree is used)
-                    sizes: dict[str, int],      # items per leaf path
-                    seed: int = 0, rank: int = 0, world_size: int = 1):
-        "Build the sampler from `config.data.mix` (or `DataConfig.mix`)."
-        data = getattr(config, "data", config)
-        if not hasattr(data, "mix"): raise ConfigError(f"expected an LLMBindConfig or DataConfig, got {type(config).__name__}")
-        return cls(data.mix, sizes, seed=seed, rank=rank, world_size=world_size)
+# %% ../nbs/10_mixing.ipynb #bf64006b
+def _from_config(cls,
+                 config,                     # an `LLMBindConfig` or a `DataConfig` (its `mix` tree is used)
+                 sizes: dict[str, int],      # items per leaf path
+                 seed: int = 0, rank: int = 0, world_size: int = 1):
+    "Build the sampler from `config.data.mix` (or `DataConfig.mix`)."
+    data = getattr(config, "data", config)
+    if not hasattr(data, "mix"): raise ConfigError(f"expected an LLMBindConfig or DataConfig, got {type(config).__name__}")
+    return cls(data.mix, sizes, seed=seed, rank=rank, world_size=world_size)
 
-    def leaf_probabilities(self) -> dict[str, float]:
-        "Target probability of every leaf (the flattened tree)."
-        return dict(self.probs)
+def _leaf_probabilities(self: MixtureSampler) -> dict[str, float]:
+    "Target probability of every leaf (the flattened tree)."
+    return dict(self.probs)
 
-    def __repr__(self):
-        return (f"MixtureSampler({len(self.leaves)} leaves, seed={self.seed}, rank={self.rank}/{self.world_size}, "
-                f"yielded={self._yielded})")
+def _repr(self: MixtureSampler):
+    return (f"MixtureSampler({len(self.leaves)} leaves, seed={self.seed}, rank={self.rank}/{self.world_size}, "
+            f"yielded={self._yielded})")
+
+MixtureSampler.from_config = classmethod(_from_config)
+MixtureSampler.leaf_probabilities, MixtureSampler.__repr__ = _leaf_probabilities, _repr
 
 # %% ../nbs/10_mixing.ipynb #04b0c91c
 def _leaf_at(self: MixtureSampler, g: int) -> int:

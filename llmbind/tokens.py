@@ -90,7 +90,7 @@ class ParsedResponse(list):
     def ok(self) -> bool: return not self.problems
     def __repr__(self): return f"ParsedResponse(calls={list.__repr__(self)}, problems={self.problems!r})"
 
-# %% ../nbs/01_tokens.ipynb #2bbb5234
+# %% ../nbs/01_tokens.ipynb #06fe8423
 def _build_tag_table() -> dict[str, tuple[str, str]]:
     table = {}
     for t in TASK_TOKENS:
@@ -104,6 +104,7 @@ _TAGS = _build_tag_table()
 _ALL_TAG_STRINGS = tuple(_TAGS)
 _TAG_RE = re.compile("|".join(re.escape(s) for s in sorted(_TAGS, key=len, reverse=True)))
 
+# %% ../nbs/01_tokens.ipynb #04709acd
 MAX_PROBLEMS = 1000   # problems listed in full; more are only counted (a broken answer of 1 MB stays cheap to parse)
 
 def parse_response(text: str) -> ParsedResponse:
@@ -203,7 +204,7 @@ def chat_template(chat: Optional[ChatConfig] = None) -> str:
 
 VICUNA_CHAT_TEMPLATE = chat_template()
 
-# %% ../nbs/01_tokens.ipynb #d50da556
+# %% ../nbs/01_tokens.ipynb #05e58f40
 _WORDS = """a an the and or of in on at to with from by for is are was be it this that these those there here
 what which who where when how why can could would will please you me my your i we us our they them
 red green blue yellow orange purple pink brown black white gray grey cyan magenta gold silver
@@ -232,6 +233,7 @@ def tiny_corpus(n: int = 4000, seed: int = 0) -> list[str]:
         lines.append(s + rng.choice([".", "?", "!", ",", ""]))
     return lines
 
+# %% ../nbs/01_tokens.ipynb #62aad603
 def _bpe_json(lines, vocab_size: int) -> str:
     "tokenizer.json text of a byte-level BPE with LLaMA-style specials, learnt from `lines`."
     from tokenizers import Tokenizer, models, trainers, pre_tokenizers, decoders, processors
@@ -248,6 +250,7 @@ def _bpe_json(lines, vocab_size: int) -> str:
 @functools.lru_cache(maxsize=4)
 def _tiny_tokenizer_json(vocab_size: int) -> str: return _bpe_json(tiny_corpus(), vocab_size)
 
+# %% ../nbs/01_tokens.ipynb #5e33eccd
 def _fast_tokenizer(tokenizer_json: str, model_max_length: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast

@@ -25,13 +25,13 @@ __all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATH
            'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData', 'standin_model', 'standin_data',
            'standin_eval', 'warmup_cosine_lr', 'FitStep', 'batch_step', 'fit', 'free_port', 'dist_env', 'worker_env',
            'shm_op_cached', 'use_shm_op', 'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock',
-           'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'atomic_checkpoint',
-           'write_manifest', 'verify_checkpoint', 'UnverifiedCheckpointWarning', 'find_resumable', 'set_aside',
+           'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'write_manifest',
+           'verify_checkpoint', 'atomic_checkpoint', 'UnverifiedCheckpointWarning', 'find_resumable', 'set_aside',
            'rng_state', 'set_rng_state', 'checkpoint_globals', 'weights_only_loading', 'read_metrics', 'MetricsLog',
            'train', 'check_overwritable', 'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths',
            'pipeline_for', 'config_changes', 'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
 
-# %% ../nbs/11_train.ipynb #3f46c361
+# %% ../nbs/11_train.ipynb #6a8c3695
 def device_type_for(cfg: LLMBindConfig) -> str:
     "'cuda' or 'cpu': where the ranks of this config train (`device='auto'` picks a GPU when one is visible)."
     if cfg.device == "cpu": return "cpu"
@@ -57,6 +57,7 @@ def quiet_deepspeed():
     if not any(isinstance(f, _DropNoise) for f in logger.filters): logger.addFilter(_DropNoise())
     warnings.filterwarnings("ignore", message=r"`torch\.distributed\.\w+` is deprecated", category=FutureWarning)
 
+# %% ../nbs/11_train.ipynb #0b576581
 def _deep_update(base: dict, upd: dict) -> dict:
     for k, v in upd.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict): _deep_update(base[k], v)
@@ -100,6 +101,7 @@ def deepspeed_config(train_cfg: TrainConfig,              # optimisation setting
             ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * world_size
     return ds
 
+# %% ../nbs/11_train.ipynb #4faa6cb5
 def _add_offload(ds: dict, stage: int, device_type: str):
     "ZeRO-Offload: optimizer states (and with ZeRO-3 the parameters) live in host memory."
     if stage == 0: raise ConfigError("train.offload=cpu needs ZeRO: set train.zero_stage to 1, 2 or 3 (3 offloads the weights too)")
@@ -108,6 +110,7 @@ def _add_offload(ds: dict, stage: int, device_type: str):
     if stage == 3: ds["zero_optimization"]["offload_param"] = dict(where)
     ds["zero_force_ds_cpu_optimizer"] = False      # our torch AdamW on a CPU; on a GPU `optimizer_for` picks DeepSpeedCPUAdam
 
+# %% ../nbs/11_train.ipynb #5dd0a51c
 def optimizer_for(model: nn.Module,          # the model; only parameters with requires_grad are optimised
                   train_cfg: TrainConfig,    # lr, betas, weight decay, offload
                   device_type: str = "cpu",  # "cuda" with train.offload=cpu takes DeepSpeed's CPU Adam
@@ -178,6 +181,7 @@ class RoutedExperts(nn.Module):
     def forward(self, h, gate):                                       # h (B, T, H), gate (B, T, N)
         return torch.einsum("btn,nhk,btk->bth", gate, self.weight, h)  # (B, T, H)
 
+# %% ../nbs/11_train.ipynb #c0a7b086
 class StandInLM(nn.Module):
     "A tiny LLaMA with a top-1 routed two-expert adapter; its forward returns `TrainOutput` like LLMBind's model."
     def __init__(self, vocab_size: int = 32,    # toy vocabulary (0 pad, 1 bos, 2 copy, 3 count, 4.. content)
@@ -220,7 +224,7 @@ class StandInLM(nn.Module):
         stats = {f"routing/share_e{i}": float(f[i]) for i in range(self.num_experts)}
         return TrainOutput(loss=loss, loss_terms=terms, stats=stats)
 
-# %% ../nbs/11_train.ipynb #389fabd7
+# %% ../nbs/11_train.ipynb #28350e57
 class StandInData:
     "Endless batches of the two toy tasks, drawn 1:1 through `MixtureSampler`; rank-sharded and resumable."
     def __init__(self, batch_size: int = 8,             # samples per micro-batch (per rank)
@@ -254,25 +258,28 @@ class StandInData:
 
     def __iter__(self): return self
 
-    def __next__(self) -> dict:
-        draws = self.sampler.take(self.batch_size)
-        ex = [self.example(t, i) for t, i in draws]
-        self.batches += 1
-        batch = {"input_ids": torch.tensor([e[0] for e in ex]),                                # (B, L)
-                 "labels": torch.tensor([e[1] for e in ex]),                                   # (B, L)
-                 "task": torch.tensor([STANDIN_TASKS.index(t) for t, _ in draws]),             # (B,)
-                 "ids": [f"{t}:{i}" for t, i in draws]}
-        if self.batches in self.poison: batch["poison"] = torch.ones(self.batch_size, dtype=torch.bool)
-        return batch
+# %% ../nbs/11_train.ipynb #ffb89eff
+def _standin_next(self: StandInData) -> dict:
+    draws = self.sampler.take(self.batch_size)
+    ex = [self.example(t, i) for t, i in draws]
+    self.batches += 1
+    batch = {"input_ids": torch.tensor([e[0] for e in ex]),                                # (B, L)
+             "labels": torch.tensor([e[1] for e in ex]),                                   # (B, L)
+             "task": torch.tensor([STANDIN_TASKS.index(t) for t, _ in draws]),             # (B,)
+             "ids": [f"{t}:{i}" for t, i in draws]}
+    if self.batches in self.poison: batch["poison"] = torch.ones(self.batch_size, dtype=torch.bool)
+    return batch
 
-    def state_dict(self) -> dict:
-        "JSON-able position in the stream."
-        return {"sampler": self.sampler.state_dict(), "batches": self.batches}
+def _standin_state_dict(self: StandInData) -> dict:
+    "JSON-able position in the stream."
+    return {"sampler": self.sampler.state_dict(), "batches": self.batches}
 
-    def load_state_dict(self, state: dict):
-        "Continue from `state_dict()`."
-        self.sampler.load_state_dict(state["sampler"]); self.batches = int(state["batches"])
-        return self
+def _standin_load_state_dict(self: StandInData, state: dict):
+    "Continue from `state_dict()`."
+    self.sampler.load_state_dict(state["sampler"]); self.batches = int(state["batches"])
+    return self
+
+StandInData.__next__, StandInData.state_dict, StandInData.load_state_dict = _standin_next, _standin_state_dict, _standin_load_state_dict
 
 # %% ../nbs/11_train.ipynb #962c4a8b
 def standin_model(cfg: LLMBindConfig, **kwargs) -> StandInLM:
@@ -307,7 +314,7 @@ def warmup_cosine_lr(step: int,            # optimizer step, counting from 1
     p = (i - warmup_steps) / max(1, total_steps - warmup_steps)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
-# %% ../nbs/11_train.ipynb #4532299a
+# %% ../nbs/11_train.ipynb #55ffa4d0
 @dataclass
 class FitStep:
     "What `fit` hands its `log` callback after an optimizer step."
@@ -335,6 +342,7 @@ def batch_step(model: nn.Module,     # called as model(**batch, **forward_kwargs
         return model(**b, **forward_kwargs)
     return step
 
+# %% ../nbs/11_train.ipynb #860d2141
 def fit(step_fn: Callable[[int], Any],                     # step_fn(step), step = 1, 2, ...: the loss tensor, or an output with `.loss`
         params: Optional[Sequence[torch.Tensor]] = None,   # what is trained and clipped (None: the parameters of `optimizer`)
         steps: int = 1,                                    # optimizer steps
@@ -423,7 +431,7 @@ def use_shm_op(device_type: str = "cpu", world_size: Optional[int] = None,
         deepspeed.ops.__compatible_ops__[SHM_OP] = False   # DeepSpeed then uses torch.distributed (gloo) directly
     return use
 
-# %% ../nbs/11_train.ipynb #6a061cc4
+# %% ../nbs/11_train.ipynb #613b127c
 PR_SET_PDEATHSIG = 1        # from <linux/prctl.h>
 LOCK = ".lock"
 
@@ -454,6 +462,7 @@ def _stop_group(proc: subprocess.Popen, grace: float):
         try: proc.wait(timeout=wait); return
         except subprocess.TimeoutExpired: pass
 
+# %% ../nbs/11_train.ipynb #d2b9ba3a
 def run_owned(cmd: Sequence[str],                 # the command (torchrun or one rank)
               env: Optional[dict] = None,
               stdout=None,                        # a file for stdout and stderr (None: the terminal)
@@ -476,6 +485,7 @@ def run_owned(cmd: Sequence[str],                 # the command (torchrun or one
     if got: raise KeyboardInterrupt() if got[0] == signal.SIGINT else SystemExit(128 + got[0])
     return rc
 
+# %% ../nbs/11_train.ipynb #12e7c6b1
 class RunLockedError(FileExistsError):
     "The run folder is held by another trainer."
 
@@ -545,34 +555,7 @@ def list_checkpoints(ckpt_dir: Union[str, Path]) -> list[str]:
     if not d.is_dir(): return []
     return sorted((p.name for p in d.iterdir() if p.is_dir() and _TAG_RE.match(p.name)), key=lambda t: int(t[5:]))
 
-def atomic_checkpoint(ckpt_dir: Union[str, Path],            # the run's checkpoints folder
-                      tag: str,                              # e.g. checkpoint_tag(step)
-                      write_fn: Callable[[Path], Any],       # every rank writes its files into the given folder
-                      rank: int = 0,                         # rank 0 publishes
-                      barrier: Callable[[], Any] = lambda: None,  # synchronises the ranks
-                      keep: int = 2,                         # published checkpoints kept (older ones are deleted)
-                     ) -> Path:
-    "Write a checkpoint into `<tag>.tmp`, add its manifest, publish it as `<tag>` and point `latest` at it; returns the folder."
-    ckpt_dir = Path(ckpt_dir); tmp, final = ckpt_dir / f"{tag}.tmp", ckpt_dir / tag
-    if rank == 0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        for p in ckpt_dir.glob("*.tmp"):
-            if p.is_dir(): shutil.rmtree(p)
-        tmp.mkdir()
-    barrier()
-    write_fn(tmp)
-    barrier()
-    if rank == 0:
-        write_manifest(tmp)                           # sizes and checksums, inside the folder before it is published
-        if final.exists(): shutil.rmtree(final)       # a stale copy that `latest` never named
-        os.rename(tmp, final); _fsync_dir(ckpt_dir)
-        write_text_atomic(ckpt_dir / LATEST, tag)
-        for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
-            if old != tag: shutil.rmtree(ckpt_dir / old, ignore_errors=True)
-    barrier()
-    return final
-
-# %% ../nbs/11_train.ipynb #62867e39
+# %% ../nbs/11_train.ipynb #d23d85eb
 MANIFEST = "manifest.json"
 
 def _sha256(path: Path, chunk: int = 1 << 20) -> str:
@@ -606,6 +589,35 @@ def verify_checkpoint(folder: Union[str, Path]) -> list[str]:
         elif _sha256(p) != want.get("sha256"): bad.append(f"{name} does not match its checksum")
     return bad + [f"{n} is not in the manifest" for n in _files(folder) if n not in files]
 
+# %% ../nbs/11_train.ipynb #539304c9
+def atomic_checkpoint(ckpt_dir: Union[str, Path],            # the run's checkpoints folder
+                      tag: str,                              # e.g. checkpoint_tag(step)
+                      write_fn: Callable[[Path], Any],       # every rank writes its files into the given folder
+                      rank: int = 0,                         # rank 0 publishes
+                      barrier: Callable[[], Any] = lambda: None,  # synchronises the ranks
+                      keep: int = 2,                         # published checkpoints kept (older ones are deleted)
+                     ) -> Path:
+    "Write a checkpoint into `<tag>.tmp`, add its manifest, publish it as `<tag>` and point `latest` at it; returns the folder."
+    ckpt_dir = Path(ckpt_dir); tmp, final = ckpt_dir / f"{tag}.tmp", ckpt_dir / tag
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for p in ckpt_dir.glob("*.tmp"):
+            if p.is_dir(): shutil.rmtree(p)
+        tmp.mkdir()
+    barrier()
+    write_fn(tmp)
+    barrier()
+    if rank == 0:
+        write_manifest(tmp)                           # sizes and checksums, inside the folder before it is published
+        if final.exists(): shutil.rmtree(final)       # a stale copy that `latest` never named
+        os.rename(tmp, final); _fsync_dir(ckpt_dir)
+        write_text_atomic(ckpt_dir / LATEST, tag)
+        for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
+            if old != tag: shutil.rmtree(ckpt_dir / old, ignore_errors=True)
+    barrier()
+    return final
+
+# %% ../nbs/11_train.ipynb #1f744a7b
 class UnverifiedCheckpointWarning(UserWarning):
     "A run from before checkpoints carried manifests is resumed without a checksum check."
 
@@ -716,7 +728,7 @@ class MetricsLog:
         keep = [l for l, r in _parse_lines(self.path) if r.get("step", 0) <= step]
         write_text_atomic(self.path, "".join(l + "\n" for l in keep))
 
-# %% ../nbs/11_train.ipynb #466830a8
+# %% ../nbs/11_train.ipynb #4f0898c6
 def _resolve_fn(fn: Union[str, Callable, None]) -> Optional[Callable]:
     "A callable from itself or from 'package.module:function'."
     if fn is None or callable(fn): return fn
@@ -736,6 +748,7 @@ def _fn_name(fn: Union[str, Callable, None]) -> Optional[str]:
                          f"of an importable module, or its name as 'module:function'")
     return f"{mod}:{qual}"
 
+# %% ../nbs/11_train.ipynb #1f62268d
 def _init_distributed(device_type: str) -> tuple[int, int, int, bool]:
     "Start torch.distributed through DeepSpeed (gloo on CPU, nccl on GPU); returns (rank, world_size, local_rank, shm op used)."
     if "RANK" not in os.environ:  # a plain process: rank 0 of 1
@@ -813,6 +826,7 @@ def _checked_grad_norm(engine, step: int, ckpt_dir: Path) -> Optional[float]:
                                  f"Broken weights or optimizer state, or a far too high train.lr")
     return None if gn is None else float(gn)
 
+# %% ../nbs/11_train.ipynb #a26828d2
 def _rank_numbers(acc: dict, extra_stats: Optional[dict] = None) -> dict:
     "One rank's numbers of a step (mean loss, mean terms and statistics, tokens, sample ids), as the ranks gather them."
     stats = acc["stats"] + ([extra_stats] if extra_stats is not None else [])
@@ -868,6 +882,7 @@ def _choose_checkpoint(ckpt_dir: Path, rank: int, world: int, cfg: LLMBindConfig
         set_aside(ckpt_dir, list(damaged), tag)
     return tag, _resume_state(ckpt_dir, tag, rank, world, cfg), damaged
 
+# %% ../nbs/11_train.ipynb #ddf7d48b
 def _restore(engine, data, log: MetricsLog, ckpt_dir: Path, tag: str, state: dict, damaged: dict, world: int) -> int:
     "Load checkpoint `tag` into the engine, the data stream and the random states, cut the log back to it; returns its step."
     try:
@@ -1036,7 +1051,7 @@ def train(cfg: LLMBindConfig,                                  # the full config
     dist.barrier()
     return summary
 
-# %% ../nbs/11_train.ipynb #f55da105
+# %% ../nbs/11_train.ipynb #6f7b7f0d
 _USER_ERRORS = {"ConfigError": ConfigError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}
 
 RUN_ENTRIES = {"launch.json", "config.json", "metrics.jsonl", "checkpoints", "summary.json", "error.json", "launch.log",
@@ -1084,6 +1099,7 @@ def prepare_run_dir(out_dir: Union[str, Path],   # run folder
     out.mkdir(parents=True, exist_ok=True)
     return out
 
+# %% ../nbs/11_train.ipynb #c3017f2b
 def torchrun_command(nproc: int,                     # ranks on this node
                      nnodes: int = 1,                # nodes of the run
                      node_rank: int = 0,             # this node's number, 0 .. nnodes-1
@@ -1125,6 +1141,7 @@ def launch(nproc: int,                                        # ranks on this no
         out = prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
         return _launch(tr, nproc, cfg, out, resume, quiet, timeout, nnodes, node_rank, fns, train_kwargs)
 
+# %% ../nbs/11_train.ipynb #7d509cd0
 def _launch(tr: list, nproc: int, cfg: LLMBindConfig, out: Path, resume: bool, quiet: bool, timeout: Optional[float],
             nnodes: int, node_rank: int, fns: dict, train_kwargs: dict) -> dict:
     model_fn, data_fn, eval_fn, stats_fn = (fns[k] for k in ("model_fn", "data_fn", "eval_fn", "stats_fn"))
@@ -1158,6 +1175,7 @@ def _launch(tr: list, nproc: int, cfg: LLMBindConfig, out: Path, resume: bool, q
                            + (f", this node's log {log_path}\n{tail}" if tail else ""))
     return json.loads((out / "summary.json").read_text())
 
+# %% ../nbs/11_train.ipynb #a788edea
 def _raise_rank_error(err_path: Path, rc: int, out: Path, log_path: Optional[Path]):
     "Raise the first failing rank's exception as the user's error: the same type for mistakes they can fix, else RuntimeError."
     try: err = json.loads(err_path.read_text())
@@ -1196,7 +1214,7 @@ def worker_main(argv: Optional[Sequence[str]] = None) -> int:
         if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
     return 0
 
-# %% ../nbs/11_train.ipynb #ed43dec0
+# %% ../nbs/11_train.ipynb #6052d4ba
 _PATH_FIELDS = [("llm.pretrained_path", "a LLaMA/Vicuna folder"), ("llm.tokenizer_path", "a tokenizer folder"),
                 ("vision.pretrained_path", "a CLIP vision folder"), ("segment.checkpoint", "a SAM checkpoint file"),
                 ("data.data_dir", "the dataset folder")]
@@ -1229,6 +1247,7 @@ def pipeline_for(cfg: LLMBindConfig) -> dict[str, Optional[Callable]]:
     from llmbind.pipeline import pipeline_functions      # imported when needed: the model stack is heavy to import
     return pipeline_functions(cfg)
 
+# %% ../nbs/11_train.ipynb #0a749d86
 _RESUME_MAY_CHANGE = {"train.total_steps", "train.log_every", "train.eval_every", "train.save_every", "train.output_dir"}
 
 def _is_path_key(k: str) -> bool:
@@ -1250,6 +1269,7 @@ def config_changes(old: dict,       # a config as saved (`to_dict()`)
     return sorted(k for k in set(old) | set(new)
                   if old.get(k) != new.get(k) and k not in _RESUME_MAY_CHANGE and not _is_path_key(k))
 
+# %% ../nbs/11_train.ipynb #c1ac6267
 def resolve_folders(cfg: LLMBindConfig, say: bool = True) -> LLMBindConfig:
     "`cfg` with the sizes its checkpoint folders dictate (LLM and CLIP widths, projector kind, ...); each change said on stderr."
     from llmbind.model import resolve_checkpoint_config     # absolute: this cell also runs inside the notebook
@@ -1284,6 +1304,7 @@ def resolve_config(preset: Optional[str] = None,          # "tiny" or "paper_7b"
                                    f"drop --preset/--config to use the run's saved config.json")
     return cfg
 
+# %% ../nbs/11_train.ipynb #cf80831b
 def _train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llmbind train", description="Train LLMBind (DeepSpeed) with a preset or a config file.")
     p.add_argument("--preset", choices=["tiny", "paper_7b"], help="configuration preset (default: tiny, or the run's own config with --resume)")
@@ -1307,6 +1328,7 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar; rank output goes to RUN/launch.log")
     return p
 
+# %% ../nbs/11_train.ipynb #7b1bcf3c
 def train_command(argv: Sequence[str]) -> int:
     "`llmbind train`: train a preset or config file on DeepSpeed, in a run folder."
     a = _train_parser().parse_args(list(argv))
@@ -1340,6 +1362,7 @@ def train_command(argv: Sequence[str]) -> int:
     with run_lock(out) if a.node_rank == 0 else contextlib.nullcontext():   # node 0 holds the run folder until the end
         return _train_locked(a, cfg, out, overrides, fns)
 
+# %% ../nbs/11_train.ipynb #4e3ebe25
 def _train_locked(a: argparse.Namespace, cfg: LLMBindConfig, out: Path, overrides: Optional[dict], fns: dict) -> int:
     if a.node_rank == 0: prepare_run_dir(out, resume=a.resume, overwrite=a.overwrite)
     if a.prepare_only: return _print_launchers(cfg, out, a.resume, overrides, fns)
@@ -1363,7 +1386,6 @@ def _print_launchers(cfg: LLMBindConfig, out: Path, resume: bool, overrides, fns
           f"-m llmbind.train --spec {spec_path}")
     print(f"  deepspeed --hostfile HOSTFILE --master_addr HOST0 --master_port PORT --module llmbind.train --spec {spec_path}")
     return 0
-
 
 # %% ../nbs/11_train.ipynb #e13fb9fd
 def _param_counts(cfg: LLMBindConfig) -> tuple[int, int, int]:
