@@ -135,6 +135,7 @@ def _check_task_tokens(text: str, ids: list, tokenizer):
             raise ValueError(f"{t} is not a token of this tokenizer: call llmbind.tokens.add_task_tokens(tokenizer) first")
         if ids.count(tid) != n: raise ValueError(f"{t} occurs {n} times in the text but encodes to its id {ids.count(tid)} times")
 
+# %% ../nbs/08_data.ipynb #c2ee9b04
 def tokenize_conversation(messages: Sequence[dict],   # user/assistant turns (an optional leading system turn)
                           tokenizer,                   # a fast tokenizer with the task tokens added
                           max_length: Optional[int] = None,  # positions available, None = no limit
@@ -251,6 +252,7 @@ def _run_processor(fn, img) -> torch.Tensor:
     if out.dim() != 3: raise ValueError(f"image_processor must return a (3, h, w) image, got shape {tuple(out.shape)}")
     return out.float()
 
+# %% ../nbs/08_data.ipynb #6d3795fe
 class LLMBindCollator:
     "Tokenise, pad and stack a list of `Sample`s; carry their masks, boxes, classes and task names."
     def __init__(self, tokenizer,                       # fast tokenizer with the task tokens (add_task_tokens)
@@ -270,55 +272,58 @@ class LLMBindCollator:
         self.image_length, self.on_too_long, self.dropped = image_length, on_too_long, 0
         self.chat = chat or ChatConfig()
 
-    def __call__(self, samples: Sequence[Sample]) -> dict:
-        rows, dropped = [], 0
-        for s in samples:
-            s = s.validate().load()
-            try: enc = tokenize_conversation(s.messages, self.tokenizer, self.max_length, self.image_length, chat=self.chat)
-            except ConversationTooLong as e:
-                if self.on_too_long == "raise": raise ConversationTooLong(f"{s.source or s.id}: {e}") from None
-                dropped += 1; continue
-            rows.append((s, enc))
-        self.dropped += dropped
-        if not rows: raise ConversationTooLong(f"all {len(samples)} samples of the batch are too long for max_length {self.max_length}")
-        T, B = max(len(e["input_ids"]) for _, e in rows), len(rows)
-        input_ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
-        labels = torch.full((B, T), -100, dtype=torch.long)
-        attn = torch.zeros((B, T), dtype=torch.long)
-        for i, (_, e) in enumerate(rows):
-            n = len(e["input_ids"])
-            input_ids[i, :n], labels[i, :n], attn[i, :n] = e["input_ids"], e["labels"], 1
-        has_image = torch.tensor([s.image is not None for s, _ in rows])
-        images = sam_images = None
-        if has_image.any():
-            clip = {i: _run_processor(self.image_processor, s.image) for i, (s, _) in enumerate(rows) if s.image is not None}
-            shape = next(iter(clip.values())).shape
-            if any(v.shape != shape for v in clip.values()): raise ValueError("image_processor returned images of different sizes")
-            images = torch.stack([clip.get(i, torch.zeros(shape)) for i in range(B)])
-        sam_sizes, orig_sizes = [], []
-        if self.sam_image_size is not None and has_image.any():
-            S, sams = self.sam_image_size, []
-            for s, _ in rows:
-                if s.image is None: sams.append(torch.zeros(3, S, S)); sam_sizes.append(None)
-                else:
-                    x, hw = sam_preprocess(s.image, S); sams.append(x); sam_sizes.append(hw)
-            sam_images = torch.stack(sams)
-        for s, _ in rows: orig_sizes.append(None if s.image is None else (s.image.height, s.image.width))
-        masks, boxes, classes = [], [], []
-        for s, e in rows:
-            nc = e["num_calls"]
-            H, W = orig_sizes[len(masks)] or (0, 0)
-            masks.append(torch.from_numpy(np.ascontiguousarray(s.masks[:nc["seg"]])) if s.masks is not None
-                         else torch.zeros((0, H, W), dtype=torch.bool))
-            boxes.append(torch.as_tensor(np.asarray(s.boxes, dtype=np.float32)[:nc["det"]]) if s.boxes is not None
-                         else torch.zeros((0, 4)))
-            classes.append(torch.as_tensor(list(s.classes)[:nc["cls"]], dtype=torch.long) if s.classes is not None
-                           else torch.zeros((0,), dtype=torch.long))
-        return dict(input_ids=input_ids, labels=labels, attention_mask=attn, images=images, has_image=has_image,
-                    sam_images=sam_images, sam_sizes=sam_sizes, orig_sizes=orig_sizes, masks=masks, boxes=boxes,
-                    classes=classes, tasks=[s.task for s, _ in rows], ids=[s.id for s, _ in rows],
-                    sources=[s.source for s, _ in rows], truncated=torch.tensor([e["truncated"] for _, e in rows]),
-                    dropped=dropped)
+# %% ../nbs/08_data.ipynb #19abfeb2
+def _collate(self, samples: Sequence[Sample]) -> dict:
+    rows, dropped = [], 0
+    for s in samples:
+        s = s.validate().load()
+        try: enc = tokenize_conversation(s.messages, self.tokenizer, self.max_length, self.image_length, chat=self.chat)
+        except ConversationTooLong as e:
+            if self.on_too_long == "raise": raise ConversationTooLong(f"{s.source or s.id}: {e}") from None
+            dropped += 1; continue
+        rows.append((s, enc))
+    self.dropped += dropped
+    if not rows: raise ConversationTooLong(f"all {len(samples)} samples of the batch are too long for max_length {self.max_length}")
+    T, B = max(len(e["input_ids"]) for _, e in rows), len(rows)
+    input_ids = torch.full((B, T), self.tokenizer.pad_token_id, dtype=torch.long)
+    labels = torch.full((B, T), -100, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for i, (_, e) in enumerate(rows):
+        n = len(e["input_ids"])
+        input_ids[i, :n], labels[i, :n], attn[i, :n] = e["input_ids"], e["labels"], 1
+    has_image = torch.tensor([s.image is not None for s, _ in rows])
+    images = sam_images = None
+    if has_image.any():
+        clip = {i: _run_processor(self.image_processor, s.image) for i, (s, _) in enumerate(rows) if s.image is not None}
+        shape = next(iter(clip.values())).shape
+        if any(v.shape != shape for v in clip.values()): raise ValueError("image_processor returned images of different sizes")
+        images = torch.stack([clip.get(i, torch.zeros(shape)) for i in range(B)])
+    sam_sizes, orig_sizes = [], []
+    if self.sam_image_size is not None and has_image.any():
+        S, sams = self.sam_image_size, []
+        for s, _ in rows:
+            if s.image is None: sams.append(torch.zeros(3, S, S)); sam_sizes.append(None)
+            else:
+                x, hw = sam_preprocess(s.image, S); sams.append(x); sam_sizes.append(hw)
+        sam_images = torch.stack(sams)
+    for s, _ in rows: orig_sizes.append(None if s.image is None else (s.image.height, s.image.width))
+    masks, boxes, classes = [], [], []
+    for s, e in rows:
+        nc = e["num_calls"]
+        H, W = orig_sizes[len(masks)] or (0, 0)
+        masks.append(torch.from_numpy(np.ascontiguousarray(s.masks[:nc["seg"]])) if s.masks is not None
+                     else torch.zeros((0, H, W), dtype=torch.bool))
+        boxes.append(torch.as_tensor(np.asarray(s.boxes, dtype=np.float32)[:nc["det"]]) if s.boxes is not None
+                     else torch.zeros((0, 4)))
+        classes.append(torch.as_tensor(list(s.classes)[:nc["cls"]], dtype=torch.long) if s.classes is not None
+                       else torch.zeros((0,), dtype=torch.long))
+    return dict(input_ids=input_ids, labels=labels, attention_mask=attn, images=images, has_image=has_image,
+                sam_images=sam_images, sam_sizes=sam_sizes, orig_sizes=orig_sizes, masks=masks, boxes=boxes,
+                classes=classes, tasks=[s.task for s, _ in rows], ids=[s.id for s, _ in rows],
+                sources=[s.source for s, _ in rows], truncated=torch.tensor([e["truncated"] for _, e in rows]),
+                dropped=dropped)
+
+LLMBindCollator.__call__ = _collate
 
 # %% ../nbs/08_data.ipynb #7d952517
 def polygons_to_mask(polygons: Sequence[Sequence[float]],  # [[x1, y1, x2, y2, ...], ...] in pixels
@@ -346,6 +351,7 @@ def _check_polygons(polygons, height: int, width: int, tolerance: float = 1.0) -
         out.append(a)
     return out
 
+# %% ../nbs/08_data.ipynb #48e4b17d
 def _rle_counts_from_string(s: str) -> list[int]:
     counts, p = [], 0
     while p < len(s):
@@ -374,6 +380,7 @@ def rle_decode(rle: Mapping) -> np.ndarray:
     vals = np.arange(len(counts)) % 2 == 1
     return np.repeat(vals, counts).reshape(w, h).T.copy()
 
+# %% ../nbs/08_data.ipynb #11204a68
 def rle_encode(mask: np.ndarray) -> dict:
     "Encode an (H, W) bool mask as a COCO RLE with the compact string `counts`."
     m = np.asarray(mask, dtype=bool)
@@ -394,6 +401,7 @@ def rle_encode(mask: np.ndarray) -> dict:
             s.append(chr(c + 48))
     return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": "".join(s)}
 
+# %% ../nbs/08_data.ipynb #d01a030d
 def check_segmentation(seg, height: int, width: int):
     "Validate a COCO `segmentation` for an image of this size without rasterising it; raises `ValueError`."
     if isinstance(seg, Mapping):
@@ -436,6 +444,7 @@ SEG_ANSWERS = [
     "<seg>.",
 ]
 
+# %% ../nbs/08_data.ipynb #2709e1d8
 def check_templates(templates,                   # a bank of templates: a list (or tuple) of strings
                     field: Optional[str] = None,  # every template must fill this placeholder ('name', 'sent'), and no other
                     token: Optional[str] = None,  # every template must hold this token exactly once ('<seg>')
@@ -461,6 +470,7 @@ def check_templates(templates,                   # a bank of templates: a list (
             raise ValueError(f"{what}[{j}] {t!r} holds {t.count(token)} {token}; every answer needs exactly one")
     return out
 
+# %% ../nbs/08_data.ipynb #87ee45c5
 def seg_conversation(questions: Sequence[str],   # filled-in questions, one per round
                      rng: random.Random,          # picks the answer templates
                      image: bool = True,          # put <image> in front of the first question
@@ -763,6 +773,7 @@ def load_refs_pickle(path) -> Any:
         except pickle.UnpicklingError as e: raise DataFormatError(f"{path}: {e}") from None
         except Exception as e: raise DataFormatError(f"{path}: not a readable refs pickle ({type(e).__name__}: {e})") from None
 
+# %% ../nbs/08_data.ipynb #899bc1a1
 def _coco_index(path) -> tuple[dict, dict, dict]:
     "images by id, annotations by id, category names by id, from a COCO instances JSON."
     data = _load_json(path)
@@ -789,6 +800,7 @@ def _ann_mask_fn(ann, im, where: str) -> Callable:
     except ValueError as e: raise _err(where, f"annotation {ann['id']}: {e}")
     return lambda: segmentation_to_mask(ann["segmentation"], H, W)
 
+# %% ../nbs/08_data.ipynb #8b2d1920
 def read_refer(refs,                               # refs JSON (list of references) or a REFER .p file
                instances,                          # COCO instances JSON with the images and annotations
                image_dir,                          # folder of the images' file_name
@@ -879,6 +891,7 @@ def _object_info(path, lines) -> list:
     if not names or names[0] is not None: raise DataFormatError(f"{path}: objectInfo indices start at 1 (0 is 'other')")
     return names[1:]
 
+# %% ../nbs/08_data.ipynb #c372fb16
 def read_class_names(path) -> list:
     "Class names indexed by label value: a JSON list, one name per line, 'id: name' lines, or ADE20K's objectInfo150 table."
     path = Path(path)
@@ -895,6 +908,7 @@ def read_class_names(path) -> list:
     if lines and all(re.match(r"^\d+\s*:", l) for l in lines): return _class_table(path, [l.split(":", 1) for l in lines])
     return lines
 
+# %% ../nbs/08_data.ipynb #167abc8e
 _IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 _LABEL_MODES = ("L", "P", "I", "I;16", "I;16B", "I;16L")
 
@@ -915,6 +929,7 @@ def _class_chunks(present: list, k: int, cover_all: bool, rng: random.Random) ->
     order = list(present); rng.shuffle(order)
     return [order[i:i + k] for i in range(0, len(order), k)] if cover_all else [order[:k]]
 
+# %% ../nbs/08_data.ipynb #649c3e4a
 def read_semantic(root,                                  # dataset folder
                   classes=None,                          # class-names file or a list of names; default root/classes.txt or classes.json
                   image_dir: str = "images",             # sub-folder of images (relative to root)
@@ -984,6 +999,7 @@ def part_name(category: str) -> str:
         return f"{part} of the {obj}"
     return clean(category)
 
+# %% ../nbs/08_data.ipynb #a7a5bfb4
 def read_coco_parts(instances,                    # COCO instances JSON (polygons or RLE)
                     image_dir,                    # folder of the images' file_name
                     classes_per_sample: int = 3,

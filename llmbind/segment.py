@@ -185,6 +185,7 @@ def _masks_paired(decoder, src, image_pe, sparse, dense) -> torch.Tensor:
     b, c, h, w = up.shape
     return (hyper.unsqueeze(1) @ up.view(b, c, h * w)).view(b, 1, h, w)
 
+# %% ../nbs/05_segment.ipynb #05610119
 def dense_pe(prompt_encoder) -> torch.Tensor:
     "SAM's dense positional encoding `(1, c, h, w)`, computed in fp32 whatever the dtype of the module (bf16 on GPUs)."
     # segment-anything's own `get_dense_pe` multiplies an fp32 grid by the Gaussian matrix buffer, which fails once
@@ -196,6 +197,7 @@ def dense_pe(prompt_encoder) -> torch.Tensor:
     coords = 2 * math.pi * ((2 * xy - 1) @ G)
     return torch.cat([coords.sin(), coords.cos()], dim=-1).permute(2, 0, 1).unsqueeze(0)
 
+# %% ../nbs/05_segment.ipynb #f83d5345
 def decode_masks(sam,                            # a segment-anything Sam
                  image_embeddings: torch.Tensor, # (N, c, h, w) from sam.image_encoder
                  prompt_embeddings: Sequence[torch.Tensor],  # N tensors (n_i, c): the projected `<seg>` states per image
@@ -327,53 +329,64 @@ class SegmentationModule(nn.Module):
         self.sam.image_encoder.eval(); self.sam.prompt_encoder.eval()   # frozen parts stay in eval mode
         return self
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        "`(N, 3, S, S)` SAM input -> `(N, c, h, w)` image embeddings."
-        S = self.sam.image_encoder.img_size
-        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
-            raise ValueError(f"SAM expects (N, 3, {S}, {S}) pixel values, got {tuple(pixel_values.shape)}; "
-                             f"prepare the images with preprocess_for_sam(images, {S})")
-        enc = self.sam.image_encoder
-        p = next(enc.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and any(q.requires_grad for q in enc.parameters())):
-            return enc(pixel_values.to(p.device, p.dtype))
+# %% ../nbs/05_segment.ipynb #b8d76242
+def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    "`(N, 3, S, S)` SAM input -> `(N, c, h, w)` image embeddings."
+    S = self.sam.image_encoder.img_size
+    if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
+        raise ValueError(f"SAM expects (N, 3, {S}, {S}) pixel values, got {tuple(pixel_values.shape)}; "
+                         f"prepare the images with preprocess_for_sam(images, {S})")
+    enc = self.sam.image_encoder
+    p = next(enc.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and any(q.requires_grad for q in enc.parameters())):
+        return enc(pixel_values.to(p.device, p.dtype))
 
-    def _states(self, hidden_states, token_ids, token_id):
-        return gather_embedding_states(hidden_states, token_ids, token_id)
+def _states(self, hidden_states, token_ids, token_id):
+    return gather_embedding_states(hidden_states, token_ids, token_id)
 
-    def predict_masks(self,
-                      hidden_states: torch.Tensor,     # (B, L, D) last-layer states of the spliced sequence
-                      token_ids: torch.Tensor,         # (B, L) SpliceOutput.token_ids
-                      seg_token_id: int,               # id of `<seg>`
-                      image_embeddings: torch.Tensor,  # (N, c, h, w) from encode_images
-                      resized_sizes: Sequence,         # N (h, w) from SamBatch
-                      original_sizes: Sequence,        # N (H, W) from SamBatch
-                      image_rows: Optional[Sequence[int]] = None,  # batch row of each SAM image; default 0..N-1
-                      strict: bool = True,             # a row with <seg> but no image raises (False: skipped)
-                      batched: bool = False) -> list:  # see decode_masks
-        "Per batch row: `(n_i, H_i, W_i)` mask logits for its `<seg>` tokens, or None for rows without a SAM image."
-        B, N = hidden_states.shape[0], image_embeddings.shape[0]
-        rows = list(range(N)) if image_rows is None else [int(r) for r in image_rows]
-        if len(rows) != N or len(set(rows)) != N or any(not 0 <= r < B for r in rows):
-            raise ValueError(f"image_rows {rows} must name {N} distinct batch rows in [0, {B}), one per SAM image")
-        states = self._states(hidden_states, token_ids, seg_token_id)
-        if strict:
-            for b in range(B):
-                if b not in rows and len(states[b]):
-                    raise ValueError(f"sample {b} has {len(states[b])} <seg> token(s) but no image to segment; "
-                                     "give it an image or remove the <seg>")
-        prompts = [self.text_hidden_fcs(states[r]) for r in rows]                  # N x (n_i, c)
-        masks = decode_masks(self.sam, image_embeddings, prompts, resized_sizes, original_sizes, batched=batched)
-        out = [None] * B
-        for r, m in zip(rows, masks): out[r] = m
-        return out
+SegmentationModule.encode_images = _encode_images
+SegmentationModule._states = _states
 
-    def predict_boxes(self, hidden_states, token_ids, det_token_id: int) -> list:
-        "Per batch row: `(n_i, 4)` normalised xyxy boxes for its `<det>` tokens."
-        if self.box_head is None: raise RuntimeError("no <det> head: set segment.det_head=True")
-        return [self.box_head(s) for s in self._states(hidden_states, token_ids, det_token_id)]
+# %% ../nbs/05_segment.ipynb #da22060c
+def _predict_boxes(self, hidden_states, token_ids, det_token_id: int) -> list:
+    "Per batch row: `(n_i, 4)` normalised xyxy boxes for its `<det>` tokens."
+    if self.box_head is None: raise RuntimeError("no <det> head: set segment.det_head=True")
+    return [self.box_head(s) for s in self._states(hidden_states, token_ids, det_token_id)]
 
-    def predict_classes(self, hidden_states, token_ids, cls_token_id: int) -> list:
-        "Per batch row: `(n_i, num_classes)` logits for its `<cls>` tokens."
-        if self.class_head is None: raise RuntimeError("no <cls> head: list the labels in segment.class_names")
-        return [self.class_head(s) for s in self._states(hidden_states, token_ids, cls_token_id)]
+def _predict_classes(self, hidden_states, token_ids, cls_token_id: int) -> list:
+    "Per batch row: `(n_i, num_classes)` logits for its `<cls>` tokens."
+    if self.class_head is None: raise RuntimeError("no <cls> head: list the labels in segment.class_names")
+    return [self.class_head(s) for s in self._states(hidden_states, token_ids, cls_token_id)]
+
+SegmentationModule.predict_boxes = _predict_boxes
+SegmentationModule.predict_classes = _predict_classes
+
+# %% ../nbs/05_segment.ipynb #7d06411d
+def _predict_masks(self,
+                   hidden_states: torch.Tensor,     # (B, L, D) last-layer states of the spliced sequence
+                   token_ids: torch.Tensor,         # (B, L) SpliceOutput.token_ids
+                   seg_token_id: int,               # id of `<seg>`
+                   image_embeddings: torch.Tensor,  # (N, c, h, w) from encode_images
+                   resized_sizes: Sequence,         # N (h, w) from SamBatch
+                   original_sizes: Sequence,        # N (H, W) from SamBatch
+                   image_rows: Optional[Sequence[int]] = None,  # batch row of each SAM image; default 0..N-1
+                   strict: bool = True,             # a row with <seg> but no image raises (False: skipped)
+                   batched: bool = False) -> list:  # see decode_masks
+    "Per batch row: `(n_i, H_i, W_i)` mask logits for its `<seg>` tokens, or None for rows without a SAM image."
+    B, N = hidden_states.shape[0], image_embeddings.shape[0]
+    rows = list(range(N)) if image_rows is None else [int(r) for r in image_rows]
+    if len(rows) != N or len(set(rows)) != N or any(not 0 <= r < B for r in rows):
+        raise ValueError(f"image_rows {rows} must name {N} distinct batch rows in [0, {B}), one per SAM image")
+    states = self._states(hidden_states, token_ids, seg_token_id)
+    if strict:
+        for b in range(B):
+            if b not in rows and len(states[b]):
+                raise ValueError(f"sample {b} has {len(states[b])} <seg> token(s) but no image to segment; "
+                                 "give it an image or remove the <seg>")
+    prompts = [self.text_hidden_fcs(states[r]) for r in rows]                  # N x (n_i, c)
+    masks = decode_masks(self.sam, image_embeddings, prompts, resized_sizes, original_sizes, batched=batched)
+    out = [None] * B
+    for r, m in zip(rows, masks): out[r] = m
+    return out
+
+SegmentationModule.predict_masks = _predict_masks

@@ -170,6 +170,7 @@ def sample_rng(seed: int, *parts) -> random.Random:
     "A generator for one sample, e.g. `sample_rng(0, 'train', 'vqa', 17)`; independent of every other sample."
     return random.Random("|".join(str(p) for p in (seed, *parts)))
 
+# %% ../nbs/09_synthetic.ipynb #e67844e4
 @functools.lru_cache(maxsize=64)
 def _allowed_pairs(split: str, kinds: tuple) -> tuple[list, list]:
     own = [(c, k) for c in COLOURS for k in kinds if colour_shape_split(c, k) == split]
@@ -182,7 +183,7 @@ def allowed_pairs(split: str, kinds: Sequence[str] = SHAPES) -> tuple[list, list
     own, train = _allowed_pairs(split, tuple(kinds))
     return list(own), list(train)
 
-
+# %% ../nbs/09_synthetic.ipynb #d757a9ce
 def _place(rng: random.Random, size: int, kind: str, colour: str, sz: str, h: str, v: str) -> Shape:
     r = rng.uniform(*_RADIUS[sz]) * size
     cx, cy = rng.uniform(*_BANDS[h]) * size, rng.uniform(*_BANDS[v]) * size
@@ -209,6 +210,7 @@ def scene_ok(scene: Scene, min_visible: float = 0.5) -> bool:
     keys = [tuple(s.attrs().values()) for s in scene.shapes]
     return len(set(keys)) == len(keys)
 
+# %% ../nbs/09_synthetic.ipynb #72beee35
 def random_scene(rng: random.Random,                # the sample's generator
                  size: int = 64,                     # image side
                  n_shapes: tuple = (2, 4),           # inclusive range of the number of shapes
@@ -265,6 +267,7 @@ def article(phrase: str) -> str:
     "'a' or 'an' for the phrase."
     return "an" if phrase[:1].lower() in "aeiou" else "a"
 
+# %% ../nbs/09_synthetic.ipynb #8df79537
 def noun_phrase(claim: dict,            # asserted attributes: any of kind, colour, size, h, v
                 noun: str = "shape",    # the head noun when the kind is not asserted
                 pos: Optional[str] = None,  # the position phrase to use (must match the claim)
@@ -287,6 +290,7 @@ def describe_scene(shapes) -> str:
     parts = [describe_shape(s) for s in shapes]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
+# %% ../nbs/09_synthetic.ipynb #ab232cbf
 def referring_phrases(attrs_list: Sequence[dict],   # the attributes of every shape of the scene
                       target: int,                  # index of the shape to refer to
                       with_kind: bool = True,       # False: the kind is hidden ("the red shape on the left")
@@ -351,6 +355,8 @@ VQA_QUESTIONS = {
     "describe": ("Describe the image.", "What do you see in this picture?", "Tell me what is in the image.",
                  "Can you describe this picture?", "What does the image show?"),
 }
+
+# %% ../nbs/09_synthetic.ipynb #ae8b2ee1
 DET_QUESTIONS = ("Detect the {np}.", "Please draw a bounding box around the {np}.", "Can you locate the {np} with a box?",
                  "Give me the bounding box of the {np}.", "Find the {np} and box it.", "Where exactly is the {np}? Give me a box.",
                  "Put a box around the {np}.", "Could you detect the {np} in this image?", "Box the {np}, please.",
@@ -367,6 +373,8 @@ CLS_QUESTIONS = ("Classify the {np}.", "Which class does the {np} belong to?", "
                  "Categorise the {np}, please.", "To which class does the {np} belong?", "Give the {np} a class label.",
                  "Run the classifier on the {np}.", "Identify the class of the {np}.")
 CLS_ANSWERS = ("It is <cls>.", "Its class is <cls>.", "<cls>.", "The class is <cls>.")
+
+# %% ../nbs/09_synthetic.ipynb #b5aa3b34
 REASON_SENTENCES = ("Which shape {clue}?", "Find the shape that {clue}.", "One of the shapes {clue}. Which one is it?",
                     "Show me the shape that {clue}.", "Can you find the shape that {clue}?", "Which object in this picture {clue}?",
                     "Point out the shape that {clue}.", "There is a shape that {clue}. Where is it?",
@@ -414,6 +422,8 @@ EDIT_REQUESTS = {
 }
 MOVES = (("to the left", {"h": "left"}), ("to the right", {"h": "right"}), ("to the top", {"v": "top"}),
          ("to the bottom", {"v": "bottom"}), ("into the middle", {"h": "center", "v": "middle"}))
+
+# %% ../nbs/09_synthetic.ipynb #407f883a
 SOUNDS = ("a dog barking", "birds chirping", "rain falling", "a piano playing", "thunder rumbling", "waves crashing",
           "a bell ringing", "a guitar strumming")
 PLACES = ("in a forest", "at the beach", "in a busy street", "at night", "in a small room", "far away")
@@ -434,6 +444,8 @@ VIDEO_REQUESTS = (("inquiring", "Could you make a video of {x}?"), ("demanding",
                   ("inquiring", "Can you film {x}?"), ("inquiring", "Hey, could you render a clip of {x}?"))
 VIDEO_FOLLOWUPS = ("Now make it {motion} instead.", "Can it {motion}?", "What if it should {motion}?", "Let it {motion} this time.",
                    "I'd like it to {motion}.", "Could you make it {motion}?")
+
+# %% ../nbs/09_synthetic.ipynb #9a2ef454
 CHAT_TURNS = (("Thanks, that looks great!", "You're welcome! Tell me if you would like any changes."),
               ("Hello! What can you do?", "Hi! I can answer questions about pictures, point out shapes, draw and edit pictures, "
                                           "and make sounds and short videos."),
@@ -876,6 +888,7 @@ def _phrase(rng: random.Random, attrs: list, target: int, drop: Sequence[str] = 
 def _count_phrase(n: int, what: str, singular: str) -> str:
     return f"There are no {what}." if n == 0 else f"There is one {singular}." if n == 1 else f"There are {_NUMBERS[n]} {what}."
 
+# %% ../nbs/09_synthetic.ipynb #7d66b74e
 def _vqa_turn(rng: random.Random, scene: Scene, split: str, family: str, kinds: Sequence[str]) -> Optional[tuple[str, str]]:
     attrs = [s.attrs() for s in scene.shapes]
     t = _focus(rng, scene, split)
@@ -919,6 +932,7 @@ def _vqa_turn(rng: random.Random, scene: Scene, split: str, family: str, kinds: 
         return q, rng.choice((f"I see {describe_scene(scene)}.", f"The picture shows {describe_scene(scene)}."))
     raise ValueError(f"unknown VQA family {family!r}")
 
+# %% ../nbs/09_synthetic.ipynb #3dfdd4f4
 def make_vqa(rng: random.Random, split: str, size: int = 64, kinds: Sequence[str] = SHAPES) -> dict:
     "A VQA record: a scene and 1-3 question/answer turns (answers in words, no task tokens)."
     scene = random_scene(rng, size, split=split, kinds=kinds)
@@ -1168,6 +1182,7 @@ def leaf_task(leaf: str) -> str:
     "The `Sample.task` of a leaf: 'seg/semantic' -> 'semantic', 'interactive/audio' -> 'audio'."
     return leaf.split("/")[-1]
 
+# %% ../nbs/09_synthetic.ipynb #2f8b3777
 @dataclass
 class ShapesWorld:
     "The shapes world's fixed choices; `record(leaf, split, i)` makes one record."
@@ -1199,20 +1214,23 @@ class ShapesWorld:
         if bad: raise ConfigError(f"segment.class_names {bad} are not shapes of the shapes world ({', '.join(SHAPES)})")
         return cls(image_size=data.image_size, kinds=names, seed=seed)
 
-    def record(self, leaf: str, split: str, i: int) -> dict:
-        "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i); in the phrasing space with `parts`."
-        _check_split(split)
-        rng = sample_rng(self.seed, split, leaf, i)
-        log = [] if self.phrasing == "space" else None      # the wordings composed for this record, with their labels
-        token, log_token = _TEMPLATES.set(self.templates), _PARTS_LOG.set(log)
-        try:
-            if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
-            elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
-            else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
-        finally: _TEMPLATES.reset(token); _PARTS_LOG.reset(log_token)
-        rec = {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
-        if log is not None: rec["parts"] = _turn_parts(rec, log)     # one label list per user turn (and reasoning text)
-        return rec
+# %% ../nbs/09_synthetic.ipynb #5302ece1
+def _world_record(self, leaf: str, split: str, i: int) -> dict:
+    "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i); in the phrasing space with `parts`."
+    _check_split(split)
+    rng = sample_rng(self.seed, split, leaf, i)
+    log = [] if self.phrasing == "space" else None      # the wordings composed for this record, with their labels
+    token, log_token = _TEMPLATES.set(self.templates), _PARTS_LOG.set(log)
+    try:
+        if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
+        elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
+        else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
+    finally: _TEMPLATES.reset(token); _PARTS_LOG.reset(log_token)
+    rec = {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
+    if log is not None: rec["parts"] = _turn_parts(rec, log)     # one label list per user turn (and reasoning text)
+    return rec
+
+ShapesWorld.record = _world_record
 
 # %% ../nbs/09_synthetic.ipynb #4f7051ed
 def _png(img: Image.Image, path: Path):
@@ -1229,6 +1247,7 @@ def _turns_json(turns, image: bool) -> list[dict]:
         out += [{"from": "human", "value": (IMAGE_TOKEN + "\n" if image and j == 0 else "") + u}, {"from": "gpt", "value": a}]
     return out
 
+# %% ../nbs/09_synthetic.ipynb #c74139f7
 def _write_llava(world, recs, split, root: Path) -> dict:
     items = []
     for r in recs:
@@ -1243,6 +1262,7 @@ def _write_interactive(world, recs, split, root: Path, leaf: str) -> dict:
     _dump_json([{"id": r["id"], "conversations": _turns_json(r["turns"], False)} for r in recs], root / f)
     return {"format": "interactive", "reader": "read_interactive", "files": [f], "args": {"path": f, "task": leaf_task(leaf)}}
 
+# %% ../nbs/09_synthetic.ipynb #8a827ef2
 def _write_semantic(world, recs, split, root: Path) -> dict:
     base = root / "ade_shapes"
     (base / "classes.txt").parent.mkdir(parents=True, exist_ok=True)
@@ -1259,6 +1279,7 @@ def _write_semantic(world, recs, split, root: Path) -> dict:
             "args": {"root": "ade_shapes", "classes": "ade_shapes/classes.txt", "image_dir": f"images/{split}",
                      "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split, world.phrasing, world.seed)}}
 
+# %% ../nbs/09_synthetic.ipynb #6be71b72
 def _write_reasoning(world, recs, split, root: Path) -> dict:
     folder = root / "reason_seg" / split
     for r in recs:
@@ -1272,6 +1293,7 @@ def _write_reasoning(world, recs, split, root: Path) -> dict:
     return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"],
             "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split, world.phrasing, world.seed)}}
 
+# %% ../nbs/09_synthetic.ipynb #5c672599
 def _write_grounded(world, recs, split, root: Path, leaf: str) -> dict:
     task = leaf_task(leaf)
     samples = []
@@ -1344,6 +1366,7 @@ def resolve_sizes(sizes) -> dict[str, dict[str, int]]:
         raise ValueError(f"sizes keys must be splits ({', '.join(SPLITS)}) or leaves ({', '.join(LEAVES)}), got {sorted(sizes)}")
     return {s: per_leaf(sizes, "sizes") for s in SPLITS}
 
+# %% ../nbs/09_synthetic.ipynb #0794e33c
 def _prepare_dir(out: Path):
     if out.exists() and not out.is_dir(): raise FileExistsError(f"{out} exists and is not a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -1357,6 +1380,7 @@ def _prepare_dir(out: Path):
         (out / "index.json").unlink()
     out.mkdir(parents=True, exist_ok=True)
 
+# %% ../nbs/09_synthetic.ipynb #dcda5736
 def write_shapes_world(out_dir,                     # folder to write (empty, new, or holding an earlier shapes world)
                        cfg_or_sizes=200,            # records per leaf and split: int, mapping, or an LLMBindConfig/DataConfig
                        seed: int = 0,               # everything is a function of this seed
@@ -1399,6 +1423,7 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
     index["seconds"] = round(time.perf_counter() - t0, 2)           # not saved: the files stay byte-identical
     return index
 
+# %% ../nbs/09_synthetic.ipynb #8e82d229
 def _read_index(out: Path) -> dict:
     f = out / "index.json"
     if not f.is_file(): raise FileNotFoundError(f"no shapes world in {out} (no index.json); write one with write_shapes_world")
@@ -1430,6 +1455,7 @@ def load_shapes_world(out_dir,                          # a folder written by wr
         result[leaf] = getattr(lbdata, e["reader"])(**a)
     return result
 
+# %% ../nbs/09_synthetic.ipynb #e47a8a3e
 def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Optional[int] = None,
                         kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None, phrasing: str = "templates") -> dict:
     "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds, templates, phrasing)."
