@@ -90,9 +90,11 @@ def faults(tmp_path_factory):
     b, res = root / "b", {"ref": ref}
 
     p = start_launcher(b)                                                              # 1. killed during training
-    wait_for(lambda: (b / METRICS).is_file() and any(r.get("step", 0) >= 4 for r in read_metrics(b, "train")), p, b, "step 4")
+    step_at_least = lambda n: lambda: (b / METRICS).is_file() and any(r.get("step", 0) >= n for r in read_metrics(b, "train"))
+    wait_for(step_at_least(1), p, b, "step 1")
     with pytest.raises(RunLockedError) as e: launch(2, config(), M, D, b, resume=True, quiet=True)   # a second trainer
     res["locked"] = (str(e.value), p.pid)
+    wait_for(step_at_least(4), p, b, "step 4")           # then killed at once: before step 9 (a loaded machine is slow to poll)
     os.kill(p.pid, signal.SIGKILL); p.wait()
     res["orphans_training"] = orphans_after_kill(b)
 
