@@ -1428,4 +1428,9 @@ def memory_estimate(cfg: LLMBindConfig,           # the model's architecture and
 
 # %% ../nbs/11_train.ipynb #8a1e8cae
 if __name__ == "__main__" and "__file__" in globals():
-    sys.exit(worker_main())
+    rc = worker_main()                   # an exception leaves the usual way: traceback, exit status 1
+    # Success: the run's files are written and the process group destroyed. Leave without interpreter teardown, where
+    # a communication library's thread, destroyed late, can abort the process (SIGABRT, "terminate called without an
+    # active exception") and turn a finished run into a failed one.
+    sys.stdout.flush(); sys.stderr.flush(); logging.shutdown()
+    os._exit(rc)
