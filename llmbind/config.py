@@ -8,6 +8,7 @@ import dataclasses, json, math, typing, copy
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 from typing import Any, Optional, Union
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['VICUNA_SYSTEM', 'TINY_SYSTEM', 'ConfigError', 'UserError', 'ConfigBase', 'VisionConfig', 'LLMConfig', 'MoEConfig',
@@ -487,8 +488,8 @@ class LLMBindConfig(ConfigBase):
         return self
 
 # %% ../nbs/00_config.ipynb #3d2021b5
-@classmethod
-def _tiny(cls) -> "LLMBindConfig":
+@patch(cls_method=True)
+def tiny(cls: LLMBindConfig) -> "LLMBindConfig":
     "Random-init models small enough for a 2-core CPU; all paths None; the paper's ratios and loss weights."
     return cls(preset="tiny",
         vision=VisionConfig(image_size=64, patch_size=16, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128),
@@ -505,13 +506,12 @@ def _tiny(cls) -> "LLMBindConfig":
         chat=ChatConfig(system=TINY_SYSTEM),
         device="cpu", dtype="float32").validate()
 
-LLMBindConfig.tiny = _tiny
-
 # %% ../nbs/00_config.ipynb #d2e28b1e
-@classmethod
-def _paper_7b(cls, checkpoints_dir: Optional[str] = None,   # folder holding the checkpoints under their usual names
-             data_root: Optional[str] = None,              # folder holding the datasets in LISA's layout
-            ) -> "LLMBindConfig":
+@patch(cls_method=True)
+def paper_7b(cls: LLMBindConfig,
+            checkpoints_dir: Optional[str] = None,        # folder holding the checkpoints under their usual names
+            data_root: Optional[str] = None,              # folder holding the datasets in LISA's layout
+           ) -> "LLMBindConfig":
     "The paper's setting: LLaVA-7B (LISA's LLaVA-Lightning-7B-v1-1), CLIP ViT-L/14, SAM ViT-H; folders filled in when given (nothing is checked or downloaded)."
     def p(name): return str(Path(checkpoints_dir).expanduser() / name) if checkpoints_dir else None
     return cls(preset="paper_7b",
@@ -526,13 +526,11 @@ def _paper_7b(cls, checkpoints_dir: Optional[str] = None,   # folder holding the
                                     video_path=p("text-to-video-ms-1.7b"), audio_path=p("audioldm-s-full-v2")),
         device="auto", dtype="auto").validate()
 
-@classmethod
-def _from_preset(cls, name: str, **kw) -> "LLMBindConfig":
+@patch(cls_method=True)
+def from_preset(cls: LLMBindConfig, name: str, **kw) -> "LLMBindConfig":
     "`'tiny'` or `'paper_7b'`."
     if name not in _PRESETS: raise ConfigError(f"unknown preset '{name}' (choose one of {', '.join(_PRESETS)})")
     return getattr(cls, name)(**kw)
-
-LLMBindConfig.paper_7b, LLMBindConfig.from_preset = _paper_7b, _from_preset
 
 # %% ../nbs/00_config.ipynb #322d3404
 def _load_text(path: Path) -> dict:
@@ -554,7 +552,8 @@ def _load_text(path: Path) -> dict:
     if not isinstance(d, dict): raise ConfigError(f"{path}: the top level must be a mapping")
     return d
 
-def _save(self, path) -> Path:
+@patch
+def save(self: LLMBindConfig, path) -> Path:
     "Write the config as JSON (default) or YAML (`.yaml`/`.yml`)."
     path = Path(path)
     if path.is_dir(): raise ConfigError(f"cannot save the config to {path}: it is a folder; give a file name such as {path / 'config.json'}")
@@ -565,16 +564,14 @@ def _save(self, path) -> Path:
     else: path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
     return path
 
-@classmethod
-def _from_file(cls, path) -> "LLMBindConfig":
+@patch(cls_method=True)
+def from_file(cls: LLMBindConfig, path) -> "LLMBindConfig":
     "Read a JSON/YAML config; unknown keys, wrong types and impossible values raise `ConfigError`."
     path = Path(path)
     if path.is_dir(): raise ConfigError(f"config file {path} is a folder; give the JSON/YAML file inside it")
     if not path.is_file(): raise ConfigError(f"config file {path} does not exist")
     try: return cls.from_dict(_load_text(path))
     except ConfigError as e: raise ConfigError(f"{path}: {e}") from None
-
-LLMBindConfig.save, LLMBindConfig.from_file = _save, _from_file
 
 # %% ../nbs/00_config.ipynb #22688347
 def _parse_scalar(s: str):
@@ -589,7 +586,8 @@ def _parse_scalar(s: str):
         except ValueError: return v
     return v
 
-def _override(self, *assignments: str) -> "LLMBindConfig":
+@patch
+def override(self: LLMBindConfig, *assignments: str) -> "LLMBindConfig":
     "A new config with dotted `key=value` assignments applied, e.g. `cfg.override('moe.top_k=1')`."
     d = self.to_dict()
     for a in assignments:
@@ -606,8 +604,6 @@ def _override(self, *assignments: str) -> "LLMBindConfig":
             raise ConfigError(f"unknown config key '{key.strip()}'{hint}")
         node[parts[-1]] = _parse_scalar(val.strip())
     return type(self).from_dict(d)
-
-LLMBindConfig.override = _override
 
 # %% ../nbs/00_config.ipynb #5347c120
 def apply_paths(cfg: LLMBindConfig,                  # any config: a preset or one read from a file

@@ -8,6 +8,7 @@ import difflib, importlib.resources, inspect, json, os, pickle, random, re, shut
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
+from fastcore.basics import patch
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -81,7 +82,8 @@ class Sample:
         return replace(self, image=img, masks=masks, meta=meta)
 
 # %% ../nbs/08_data.ipynb #0dc57fee
-def _validate(self) -> "Sample":
+@patch
+def validate(self: Sample) -> "Sample":
     "Check the conversation and that targets match the embedding tokens; raises `DataFormatError`."
     src = self.source or f"sample {self.id}"
     if self.task not in SAMPLE_TASKS: raise _err(src, f"unknown task {self.task!r} (known: {', '.join(SAMPLE_TASKS)})")
@@ -119,8 +121,6 @@ def _validate(self) -> "Sample":
     if self.classes is not None and not all(isinstance(c, (int, np.integer)) and c >= 0 for c in self.classes):
         raise _err(src, "classes must be non-negative integers")
     return self
-
-Sample.validate = _validate
 
 # %% ../nbs/08_data.ipynb #1c1c4f0c
 class ConversationTooLong(ValueError):
@@ -273,7 +273,8 @@ class LLMBindCollator:
         self.chat = chat or ChatConfig()
 
 # %% ../nbs/08_data.ipynb #19abfeb2
-def _collate(self, samples: Sequence[Sample]) -> dict:
+@patch
+def __call__(self: LLMBindCollator, samples: Sequence[Sample]) -> dict:
     rows, dropped = [], 0
     for s in samples:
         s = s.validate().load()
@@ -322,8 +323,6 @@ def _collate(self, samples: Sequence[Sample]) -> dict:
                 classes=classes, tasks=[s.task for s, _ in rows], ids=[s.id for s, _ in rows],
                 sources=[s.source for s, _ in rows], truncated=torch.tensor([e["truncated"] for _, e in rows]),
                 dropped=dropped)
-
-LLMBindCollator.__call__ = _collate
 
 # %% ../nbs/08_data.ipynb #7d952517
 def polygons_to_mask(polygons: Sequence[Sequence[float]],  # [[x1, y1, x2, y2, ...], ...] in pixels

@@ -8,6 +8,7 @@ import contextlib, inspect, json, logging, os, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
+from fastcore.basics import patch
 import numpy as np
 import torch
 from torch import nn
@@ -318,7 +319,8 @@ class LLMBindForCausalLM(nn.Module):
     def dtype(self) -> torch.dtype: return next(self.parameters()).dtype
 
 # %% ../nbs/06_model.ipynb #3b2ddf55
-def _apply_freezing(self):
+@patch
+def apply_freezing(self: LLMBindForCausalLM):
     "Set `requires_grad` by the policy of the table above (and the row hooks for `new_rows`)."
     for h in self._row_hooks: h.remove()
     self._row_hooks = []
@@ -345,20 +347,21 @@ def _apply_freezing(self):
     for mlp in dec.output_hypernetworks_mlps[1:]: mlp.requires_grad_(False)
     return self
 
-def _trainable_names(self) -> list[str]:
+@patch
+def trainable_names(self: LLMBindForCausalLM) -> list[str]:
     "Names of the parameters that training changes (embeddings included in `new_rows` mode, masked to their rows)."
     return [n for n, p in self.named_parameters() if p.requires_grad]
 
-LLMBindForCausalLM.apply_freezing, LLMBindForCausalLM.trainable_names = _apply_freezing, _trainable_names
-
 # %% ../nbs/06_model.ipynb #7e03a331
-def _trainable_count(self, name: str, p: torch.Tensor) -> int:
+@patch
+def _trainable_count(self: LLMBindForCausalLM, name: str, p: torch.Tensor) -> int:
     if not p.requires_grad: return 0
     if self.cfg.llm.train_embeddings == "new_rows" and _param_group(name) in ("embed_tokens", "lm_head"):
         return len(self.new_token_ids) * p.shape[1]
     return p.numel()
 
-def _trainable_parameter_table(self):
+@patch
+def trainable_parameter_table(self: LLMBindForCausalLM):
     "A pandas DataFrame per module group: trainable, total, share (trainable / all parameters of the model)."
     import pandas as pd
     rows = {g: dict(trainable=0, total=0) for g in GROUP_ORDER}
@@ -372,8 +375,6 @@ def _trainable_parameter_table(self):
     df.index.name = "group"
     return df
 
-LLMBindForCausalLM._trainable_count, LLMBindForCausalLM.trainable_parameter_table = _trainable_count, _trainable_parameter_table
-
 # %% ../nbs/06_model.ipynb #90e27442
 def _meta_clip(cfg: LLMBindConfig):
     "A CLIP tower of the configured size on the meta device (for counting; the checkpoint is not read)."
@@ -381,12 +382,13 @@ def _meta_clip(cfg: LLMBindConfig):
     return build_vision_tower(replace(cfg.vision, pretrained_path=None), frozen=True)
 
 # %% ../nbs/06_model.ipynb #56dea80b
-@classmethod
-def _from_config(cls, cfg: LLMBindConfig,        # the full configuration
-                tokenizer=None,                  # base tokenizer (task tokens are added); None: build_tokenizer(cfg)
-                device=None,                     # None: cfg.device; "meta": architecture only
-                seed: int = 0,                   # init seed of every random part (global RNG untouched)
-               ) -> "LLMBindForCausalLM":
+@patch(cls_method=True)
+def from_config(cls: LLMBindForCausalLM,
+               cfg: LLMBindConfig,              # the full configuration
+               tokenizer=None,                  # base tokenizer (task tokens are added); None: build_tokenizer(cfg)
+               device=None,                     # None: cfg.device; "meta": architecture only
+               seed: int = 0,                   # init seed of every random part (global RNG untouched)
+              ) -> "LLMBindForCausalLM":
     "Build the whole model from a config (local checkpoints only, every key checked; nothing loaded on the meta device)."
     cfg.validate()
     cfg, notes = resolve_checkpoint_config(cfg)
@@ -425,8 +427,6 @@ def _from_config(cls, cfg: LLMBindConfig,        # the full configuration
     model.checkpoint_notes = notes
     if not meta: model.to(device=dev, dtype=dtype)
     return model
-
-LLMBindForCausalLM.from_config = _from_config
 
 # %% ../nbs/06_model.ipynb #7626671b
 def _name(b: int, ids) -> str:
@@ -492,7 +492,8 @@ def _check_batch(model, input_ids, valid, labels, images, has_image, sam_images,
     return n_img, n_seg, n_det, n_cls, has
 
 # %% ../nbs/06_model.ipynb #59084662
-def _embed_and_splice(self, input_ids, attention_mask, labels, images, has):
+@patch
+def _embed_and_splice(self: LLMBindForCausalLM, input_ids, attention_mask, labels, images, has):
     "Text embeddings with each `<image>` replaced by its projected CLIP patches (`SpliceOutput`)."
     emb = self.llm.get_input_embeddings()(input_ids.clamp(min=0))          # (B, L, D)
     rows = [b for b, h in enumerate(has) if h]
@@ -502,14 +503,13 @@ def _embed_and_splice(self, input_ids, attention_mask, labels, images, has):
         feats = self.projector(self.vision_tower(px).to(emb.dtype))         # (N, P, D)
     return splice_image_features(input_ids, emb, feats, self.image_token_id, attention_mask=attention_mask, labels=labels)
 
-def _run_llm(self, sp, logits: bool = True):
+@patch
+def _run_llm(self: LLMBindForCausalLM, sp, logits: bool = True):
     "Last-layer hidden states `(B, L', D)` and logits `(B, L', V)` of the spliced sequence (None with `logits=False`)."
     out = self.llm.model(inputs_embeds=sp.inputs_embeds, attention_mask=sp.attention_mask, position_ids=sp.position_ids,
                          use_cache=False)
     h = out.last_hidden_state
     return h, (self.llm.lm_head(h) if logits else None)
-
-LLMBindForCausalLM._embed_and_splice, LLMBindForCausalLM._run_llm = _embed_and_splice, _run_llm
 
 # %% ../nbs/06_model.ipynb #83eb8bcf
 def pack_supervised(h: torch.Tensor,            # (B, L, D) last-layer states
@@ -529,7 +529,8 @@ def pack_supervised(h: torch.Tensor,            # (B, L, D) last-layer states
     return torch.cat([hs, hs.new_zeros(B, 1, D)], 1), torch.cat([lab.new_full((B, 1), ignore_index), lab], 1)
 
 # %% ../nbs/06_model.ipynb #dffe6a69
-def _heads(self, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_sizes):
+@patch
+def _heads(self: LLMBindForCausalLM, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_sizes):
     "Masks for `<seg>` (SAM runs only on rows that have one), boxes for `<det>`, class logits for `<cls>`."
     B = h.shape[0]
     pred_masks = [None] * B
@@ -550,8 +551,6 @@ def _heads(self, h, token_ids, n_seg, n_det, n_cls, sam_images, sam_sizes, orig_
         cls_logits = (self.segment.predict_classes(h, token_ids, self.cls_token_id) if any(n_cls)
                       else [h.new_zeros((0, C)) for _ in range(B)])
     return pred_masks, pred_boxes, cls_logits
-
-LLMBindForCausalLM._heads = _heads
 
 # %% ../nbs/06_model.ipynb #5aa0479f
 def _add_losses(self, out: LLMBindOutput, sp, n_seg, n_det, n_cls, masks, boxes, classes, tasks, num_items) -> LLMBindOutput:
@@ -581,24 +580,25 @@ def _add_losses(self, out: LLMBindOutput, sp, n_seg, n_det, n_cls, masks, boxes,
     return out
 
 # %% ../nbs/06_model.ipynb #717cb21e
-def _forward(self,
-             input_ids: torch.Tensor,                  # (B, L) token ids, one `<image>` id where a sample's image goes
-             attention_mask: Optional[torch.Tensor] = None,  # (B, L) 1 = real token
-             labels: Optional[torch.Tensor] = None,    # (B, L) -100 where no loss; None: no loss
-             images: Optional[torch.Tensor] = None,    # (B, 3, S, S) CLIP input (zeros for samples without an image)
-             has_image: Optional[torch.Tensor] = None, # (B,) bool; None: the samples with an `<image>` token
-             sam_images: Optional[torch.Tensor] = None,  # (B, 3, S_sam, S_sam) SAM input
-             sam_sizes: Optional[Sequence] = None,     # per sample (h, w) after SAM's resize, or None
-             orig_sizes: Optional[Sequence] = None,    # per sample (H, W) of the picture, or None
-             masks: Optional[Sequence] = None,         # per sample (n_i, H, W) ground truth, one per `<seg>`
-             boxes: Optional[Sequence] = None,         # per sample (n_i, 4) normalised xyxy, one per `<det>`
-             classes: Optional[Sequence] = None,       # per sample (n_i,) class indices, one per `<cls>`
-             tasks: Optional[Sequence[str]] = None,    # per sample task name (adds `ar/<task>` terms)
-             ids: Optional[Sequence[str]] = None,      # per sample id, used in error messages
-             num_items=None,                           # supervised tokens of the whole accumulated batch (see `ar_loss`)
-             supervised_logits: Optional[bool] = None, # with labels: LM head only where a label is predicted (faster);
-                                                       # `logits` and `labels` are then packed (`pack_supervised`); None: in training
-             **unused) -> LLMBindOutput:
+@patch
+def forward(self: LLMBindForCausalLM,
+            input_ids: torch.Tensor,                  # (B, L) token ids, one `<image>` id where a sample's image goes
+            attention_mask: Optional[torch.Tensor] = None,  # (B, L) 1 = real token
+            labels: Optional[torch.Tensor] = None,    # (B, L) -100 where no loss; None: no loss
+            images: Optional[torch.Tensor] = None,    # (B, 3, S, S) CLIP input (zeros for samples without an image)
+            has_image: Optional[torch.Tensor] = None, # (B,) bool; None: the samples with an `<image>` token
+            sam_images: Optional[torch.Tensor] = None,  # (B, 3, S_sam, S_sam) SAM input
+            sam_sizes: Optional[Sequence] = None,     # per sample (h, w) after SAM's resize, or None
+            orig_sizes: Optional[Sequence] = None,    # per sample (H, W) of the picture, or None
+            masks: Optional[Sequence] = None,         # per sample (n_i, H, W) ground truth, one per `<seg>`
+            boxes: Optional[Sequence] = None,         # per sample (n_i, 4) normalised xyxy, one per `<det>`
+            classes: Optional[Sequence] = None,       # per sample (n_i,) class indices, one per `<cls>`
+            tasks: Optional[Sequence[str]] = None,    # per sample task name (adds `ar/<task>` terms)
+            ids: Optional[Sequence[str]] = None,      # per sample id, used in error messages
+            num_items=None,                           # supervised tokens of the whole accumulated batch (see `ar_loss`)
+            supervised_logits: Optional[bool] = None, # with labels: LM head only where a label is predicted (faster);
+                                                      # `logits` and `labels` are then packed (`pack_supervised`); None: in training
+            **unused) -> LLMBindOutput:
     "Splice images, run the LLM, decode `<seg>`/`<det>`/`<cls>` states, and (with labels) every loss term."
     dev = self.device
     if supervised_logits is None: supervised_logits = self.training
@@ -622,10 +622,9 @@ def _forward(self,
     if labels is None: return out
     return _add_losses(self, out, sp, n_seg, n_det, n_cls, masks, boxes, classes, tasks, num_items)
 
-LLMBindForCausalLM.forward = _forward
-
 # %% ../nbs/06_model.ipynb #d553cf9c
-def _prepare_images(self, images: Sequence) -> dict:
+@patch
+def prepare_images(self: LLMBindForCausalLM, images: Sequence) -> dict:
     "Pictures (PIL / uint8 arrays / None per sample) -> images, has_image, sam_images, sam_sizes, orig_sizes."
     arrays = []
     for i, im in enumerate(images):
@@ -646,8 +645,6 @@ def _prepare_images(self, images: Sequence) -> dict:
             out["images"][i], out["sam_images"][i], out["sam_sizes"][i] = clip[j], sam.pixel_values[j], tuple(sam.resized_sizes[j])
             j += 1
     return out
-
-LLMBindForCausalLM.prepare_images = _prepare_images
 
 # %% ../nbs/06_model.ipynb #3dfcabf7
 @dataclass
@@ -716,16 +713,18 @@ def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, 
     return new
 
 # %% ../nbs/06_model.ipynb #5dd1ccb9
+@patch
 @torch.no_grad()
-def _generate(self, prompt_or_messages,              # a user prompt, or [{'role', 'content'}, ...] ending with the user
-              image=None,                            # PIL image / uint8 (H, W, 3) array for this conversation
-              max_new_tokens: int = 64,              # answer length limit
-              do_sample: bool = False,               # greedy (default) or sampling
-              temperature: float = 1.0,              # sampling temperature
-              top_p: float = 1.0,                    # nucleus sampling mass
-              seed: Optional[int] = None,            # sampling seed
-              response: Optional[str] = None,        # use this answer instead of decoding (then only the heads run)
-             ) -> GenerationResult:
+def generate(self: LLMBindForCausalLM,
+             prompt_or_messages,                    # a user prompt, or [{'role', 'content'}, ...] ending with the user
+             image=None,                            # PIL image / uint8 (H, W, 3) array for this conversation
+             max_new_tokens: int = 64,              # answer length limit
+             do_sample: bool = False,               # greedy (default) or sampling
+             temperature: float = 1.0,              # sampling temperature
+             top_p: float = 1.0,                    # nucleus sampling mass
+             seed: Optional[int] = None,            # sampling seed
+             response: Optional[str] = None,        # use this answer instead of decoding (then only the heads run)
+            ) -> GenerationResult:
     "Answer a conversation; decode every `<seg>`/`<det>`/`<cls>` of the answer into masks, boxes and labels."
     was_training = self.training
     self.eval()
@@ -769,8 +768,6 @@ def _generate(self, prompt_or_messages,              # a user prompt, or [{'role
     finally:
         self.train(was_training)
 
-LLMBindForCausalLM.generate = _generate
-
 # %% ../nbs/06_model.ipynb #ffc7b5a1
 def _base_prefixes(cfg: LLMBindConfig) -> list[str]:
     "State-dict prefixes of parts that have no local checkpoint to rebuild them from."
@@ -780,7 +777,8 @@ def _base_prefixes(cfg: LLMBindConfig) -> list[str]:
     if not cfg.segment.checkpoint: out.append("segment.sam.")
     return out
 
-def _trained_state(self) -> dict:
+@patch
+def _trained_state(self: LLMBindForCausalLM) -> dict:
     "The tensors `model.safetensors` holds (trainable, projector, task-token rows)."
     sd, out = self.state_dict(), {}
     rows = torch.tensor(self.new_token_ids)
@@ -792,8 +790,6 @@ def _trained_state(self) -> dict:
             else: out[n + ".new_rows"] = t[rows.to(t.device)]
         elif n in names or g == "projector": out[n] = t
     return out
-
-LLMBindForCausalLM._trained_state = _trained_state
 
 # %% ../nbs/06_model.ipynb #fa1cdba5
 SAVED_PATH_FIELDS = ("llm.pretrained_path", "llm.tokenizer_path", "vision.pretrained_path", "segment.checkpoint", "data.data_dir",
@@ -821,7 +817,8 @@ def _paths_from(cfg: LLMBindConfig, d: Path) -> LLMBindConfig:
     return LLMBindConfig.from_dict(out) if out != cfg.to_dict() else cfg
 
 # %% ../nbs/06_model.ipynb #baf1de8b
-def _save_pretrained(self, save_directory) -> Path:
+@patch
+def save_pretrained(self: LLMBindForCausalLM, save_directory) -> Path:
     "Write config.json, tokenizer/, model.safetensors (trained weights) and, for random parts, base.safetensors."
     from safetensors.torch import save_file
     d = Path(save_directory); d.mkdir(parents=True, exist_ok=True)
@@ -837,7 +834,9 @@ def _save_pretrained(self, save_directory) -> Path:
     elif (d / "base.safetensors").exists(): (d / "base.safetensors").unlink()
     return d
 
-def _load_into(self, tensors: dict,                 # name -> tensor from a file save_pretrained wrote
+@patch
+def _load_into(self: LLMBindForCausalLM,
+               tensors: dict,                       # name -> tensor from a file save_pretrained wrote
                where: str,                          # the file, for the messages
                expected: Optional[Sequence] = None, # the keys the file must hold (None: any subset)
               ):
@@ -862,14 +861,13 @@ def _load_into(self, tensors: dict,                 # name -> tensor from a file
                 if t.shape != v.shape: raise ValueError(f"{where}: {k} has shape {tuple(v.shape)}, the model {tuple(t.shape)}")
                 t.copy_(v.to(t.device, t.dtype))
 
-LLMBindForCausalLM.save_pretrained, LLMBindForCausalLM._load_into = _save_pretrained, _load_into
-
 # %% ../nbs/06_model.ipynb #cc4b3475
-@classmethod
-def _from_pretrained(cls, save_directory,            # a folder written by save_pretrained
-                     device=None,                    # None: the saved config's device
-                     cfg: Optional[LLMBindConfig] = None,  # use this config instead of the saved one (e.g. frozen checkpoints moved)
-                    ) -> "LLMBindForCausalLM":
+@patch(cls_method=True)
+def from_pretrained(cls: LLMBindForCausalLM,
+                    save_directory,                 # a folder written by save_pretrained
+                    device=None,                    # None: the saved config's device
+                    cfg: Optional[LLMBindConfig] = None,  # use this config instead of the saved one (e.g. frozen checkpoints moved)
+                   ) -> "LLMBindForCausalLM":
     "Rebuild the model from its config and local base checkpoints, then load base.safetensors and model.safetensors."
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
@@ -905,5 +903,3 @@ def _from_pretrained(cls, save_directory,            # a folder written by save_
                                 "have no local checkpoint to rebuild them from")
     model._load_into(load_file(str(d / "model.safetensors")), f"{d / 'model.safetensors'}", expected=trained)
     return model
-
-LLMBindForCausalLM.from_pretrained = _from_pretrained

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import math, re
 from typing import NamedTuple, Optional
+from fastcore.basics import patch
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -60,16 +61,20 @@ class LoRAMoELinear(nn.Module):
         self.router.reset_parameters()
 
 # %% ../nbs/02_lora_moe.ipynb #cf64f8b3
-def _weight(self) -> torch.Tensor: return self.base_layer.weight
-def _bias(self) -> Optional[torch.Tensor]: return self.base_layer.bias
-LoRAMoELinear.weight, LoRAMoELinear.bias = property(_weight), property(_bias)   # what code that expects an nn.Linear reads
+# weight and bias: what code that expects an nn.Linear reads
+@patch(as_prop=True)
+def weight(self: LoRAMoELinear) -> torch.Tensor: return self.base_layer.weight
+@patch(as_prop=True)
+def bias(self: LoRAMoELinear) -> Optional[torch.Tensor]: return self.base_layer.bias
 
-def _can_fuse(self, x2: torch.Tensor) -> bool:
+@patch
+def _can_fuse(self: LoRAMoELinear, x2: torch.Tensor) -> bool:
     "The fused path needs: no LoRA dropout, one dtype, no autocast, no ZeRO-3 partitioned router."
     return (isinstance(self.lora_dropout, nn.Identity) and x2.dtype == self.lora_A.dtype == self.router.weight.dtype
             and not torch.is_autocast_enabled(x2.device.type) and not hasattr(self.router.weight, "ds_id"))
 
-def _forward_fused(self, impl, x2: torch.Tensor) -> torch.Tensor:
+@patch
+def _forward_fused(self: LoRAMoELinear, impl, x2: torch.Tensor) -> torch.Tensor:
     base = self.base_layer
     args = (x2, self.router.weight, self.lora_A, self.lora_B, self.top_k, self.scaling, self.renormalize)
     if type(base) is nn.Linear and base.weight.dtype == x2.dtype and not hasattr(base.weight, "ds_id"):
@@ -78,10 +83,9 @@ def _forward_fused(self, impl, x2: torch.Tensor) -> torch.Tensor:
     self.last_router_logits = logits                              # (T, N) with gradient, for Eq. 10
     return out
 
-LoRAMoELinear._can_fuse, LoRAMoELinear._forward_fused = _can_fuse, _forward_fused
-
 # %% ../nbs/02_lora_moe.ipynb #5adbcea7
-def _lora_moe_forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) -> (..., d_out)
+@patch
+def forward(self: LoRAMoELinear, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) -> (..., d_out)
     if x.shape[-1] != self.in_features:
         raise ValueError(f"expected inputs with last dimension {self.in_features}, got shape {tuple(x.shape)}")
     lead = x.shape[:-1]
@@ -111,24 +115,22 @@ def _lora_moe_forward(self, x: torch.Tensor) -> torch.Tensor:   # (..., d_in) ->
         out = out + impl(xa, self.lora_A, self.lora_B, weights.to(xa.dtype), experts, self.scaling).to(out.dtype)
     return out.view(*lead, self.out_features)
 
-LoRAMoELinear.forward = _lora_moe_forward
-
 # %% ../nbs/02_lora_moe.ipynb #c8a012b8
 class LoRAMoEMergeError(RuntimeError):
     "Raised by `LoRAMoELinear.merge`: input-dependent routing cannot be folded into one weight."
 
-def _merge(self, *args, **kwargs):
+@patch
+def merge(self: LoRAMoELinear, *args, **kwargs):
     "Always raises: the update (alpha/r) sum_i w_i(x) B_i A_i depends on the input, so it has no single merged weight."
     raise LoRAMoEMergeError(
         "a LoRA-MoE layer cannot be merged into its base weight: the routing weights w_i(x) change with every "
         "token, so there is no single W0 + dW to store. Keep the layer unmerged (it is exact and cheap), or "
         "fix a routing yourself and merge (alpha/r) * sum_i w_i B_i A_i for that fixed w.")
 
-def _extra_repr(self) -> str:
+@patch
+def extra_repr(self: LoRAMoELinear) -> str:
     return (f"experts={self.num_experts}, top_k={self.top_k}, r={self.r}, lora_alpha={self.lora_alpha}, "
             f"impl={self.impl!r}" + ("" if self.renormalize else ", renormalize=False"))
-
-LoRAMoELinear.merge, LoRAMoELinear.extra_repr = _merge, _extra_repr
 
 # %% ../nbs/02_lora_moe.ipynb #26f104b9
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:

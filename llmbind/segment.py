@@ -8,6 +8,7 @@ import math, pickle
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, Optional, Sequence, Union
+from fastcore.basics import patch
 import numpy as np
 import torch
 from torch import nn
@@ -330,7 +331,8 @@ class SegmentationModule(nn.Module):
         return self
 
 # %% ../nbs/05_segment.ipynb #b8d76242
-def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+@patch
+def encode_images(self: SegmentationModule, pixel_values: torch.Tensor) -> torch.Tensor:
     "`(N, 3, S, S)` SAM input -> `(N, c, h, w)` image embeddings."
     S = self.sam.image_encoder.img_size
     if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, S, S):
@@ -341,37 +343,35 @@ def _encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
     with torch.set_grad_enabled(torch.is_grad_enabled() and any(q.requires_grad for q in enc.parameters())):
         return enc(pixel_values.to(p.device, p.dtype))
 
-def _states(self, hidden_states, token_ids, token_id):
+@patch
+def _states(self: SegmentationModule, hidden_states, token_ids, token_id):
     return gather_embedding_states(hidden_states, token_ids, token_id)
 
-SegmentationModule.encode_images = _encode_images
-SegmentationModule._states = _states
-
 # %% ../nbs/05_segment.ipynb #da22060c
-def _predict_boxes(self, hidden_states, token_ids, det_token_id: int) -> list:
+@patch
+def predict_boxes(self: SegmentationModule, hidden_states, token_ids, det_token_id: int) -> list:
     "Per batch row: `(n_i, 4)` normalised xyxy boxes for its `<det>` tokens."
     if self.box_head is None: raise RuntimeError("no <det> head: set segment.det_head=True")
     return [self.box_head(s) for s in self._states(hidden_states, token_ids, det_token_id)]
 
-def _predict_classes(self, hidden_states, token_ids, cls_token_id: int) -> list:
+@patch
+def predict_classes(self: SegmentationModule, hidden_states, token_ids, cls_token_id: int) -> list:
     "Per batch row: `(n_i, num_classes)` logits for its `<cls>` tokens."
     if self.class_head is None: raise RuntimeError("no <cls> head: list the labels in segment.class_names")
     return [self.class_head(s) for s in self._states(hidden_states, token_ids, cls_token_id)]
 
-SegmentationModule.predict_boxes = _predict_boxes
-SegmentationModule.predict_classes = _predict_classes
-
 # %% ../nbs/05_segment.ipynb #7d06411d
-def _predict_masks(self,
-                   hidden_states: torch.Tensor,     # (B, L, D) last-layer states of the spliced sequence
-                   token_ids: torch.Tensor,         # (B, L) SpliceOutput.token_ids
-                   seg_token_id: int,               # id of `<seg>`
-                   image_embeddings: torch.Tensor,  # (N, c, h, w) from encode_images
-                   resized_sizes: Sequence,         # N (h, w) from SamBatch
-                   original_sizes: Sequence,        # N (H, W) from SamBatch
-                   image_rows: Optional[Sequence[int]] = None,  # batch row of each SAM image; default 0..N-1
-                   strict: bool = True,             # a row with <seg> but no image raises (False: skipped)
-                   batched: bool = False) -> list:  # see decode_masks
+@patch
+def predict_masks(self: SegmentationModule,
+                  hidden_states: torch.Tensor,     # (B, L, D) last-layer states of the spliced sequence
+                  token_ids: torch.Tensor,         # (B, L) SpliceOutput.token_ids
+                  seg_token_id: int,               # id of `<seg>`
+                  image_embeddings: torch.Tensor,  # (N, c, h, w) from encode_images
+                  resized_sizes: Sequence,         # N (h, w) from SamBatch
+                  original_sizes: Sequence,        # N (H, W) from SamBatch
+                  image_rows: Optional[Sequence[int]] = None,  # batch row of each SAM image; default 0..N-1
+                  strict: bool = True,             # a row with <seg> but no image raises (False: skipped)
+                  batched: bool = False) -> list:  # see decode_masks
     "Per batch row: `(n_i, H_i, W_i)` mask logits for its `<seg>` tokens, or None for rows without a SAM image."
     B, N = hidden_states.shape[0], image_embeddings.shape[0]
     rows = list(range(N)) if image_rows is None else [int(r) for r in image_rows]
@@ -388,5 +388,3 @@ def _predict_masks(self,
     out = [None] * B
     for r, m in zip(rows, masks): out[r] = m
     return out
-
-SegmentationModule.predict_masks = _predict_masks
