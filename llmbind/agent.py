@@ -16,6 +16,7 @@ from .tokens import TASK_TOKENS, TASKS, IMAGE_TOKEN, TaskCall, ParseProblem, ren
 from .model import LLMBindForCausalLM, ModelInputError
 from .generators import (Artifact, GeneratorRegistry, GeneratorNotConfigured, MissingImageError,
                                 to_pil_image, pipeline_kind)
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['EMBEDDING_TASKS', 'known_tags', 'unknown_tags', 'problem_message', 'call_tag', 'failure_message', 'mask_overlay',
@@ -136,7 +137,8 @@ class Turn:
         return [a for a in self.artifacts if (kind is None or a.kind == kind) and (task is None or a.task == task)]
 
 # %% ../nbs/13_agent.ipynb #4f96e938
-def _turn_to_dict(self) -> dict:
+@patch
+def to_dict(self: Turn) -> dict:
     "JSON-ready record of the turn (artifacts by path and description, no pixel data)."
     return dict(index=self.index, conversation=self.conversation, user=self.user,
                 image=str(self.image_path) if self.image_path else (None if self.image is None else "(not saved)"),
@@ -146,7 +148,8 @@ def _turn_to_dict(self) -> dict:
                 problems=[dict(kind=p.kind, message=p.message, span=list(p.span)) for p in self.problems],
                 seconds=round(float(self.seconds), 4))
 
-def _turn_summary(self) -> str:
+@patch
+def summary(self: Turn) -> str:
     "A few lines of text: the exchange, one line per artifact, one per note."
     lines = [f"turn {self.index}" + (f" | user: {self.user}" if self.user is not None else "") + ("  [+image]" if self.image is not None else ""),
              f"  assistant: {self.response}"]
@@ -155,7 +158,8 @@ def _turn_summary(self) -> str:
     lines += [f"  ! {m}" for m in self.messages]
     return "\n".join(lines)
 
-def _turn_show(self):
+@patch
+def show(self: Turn):
     "Display the exchange and every artifact inline (in a notebook)."
     from IPython.display import display, Markdown
     esc = lambda s: html.escape(s or "").replace("\n", "  \n")
@@ -164,7 +168,7 @@ def _turn_show(self):
     display(Markdown(md))
     for a in self.artifacts: display(a.show())
 
-Turn.to_dict, Turn.summary, Turn.__repr__, Turn.show = _turn_to_dict, _turn_summary, _turn_summary, _turn_show
+Turn.__repr__ = Turn.summary
 
 # %% ../nbs/13_agent.ipynb #26772393
 _TINY_MODELS: dict = {}       # (seed, device) -> model built by `from_preset("tiny")`, shared by agents
@@ -212,7 +216,8 @@ class LLMBindAgent:
                 f"{len(self.history)} turns; current image: {img}; out_dir: {self.out_dir})")
 
 # %% ../nbs/13_agent.ipynb #bce7eb58
-def _resume_index(self):
+@patch
+def _resume_index(self: LLMBindAgent):
     "Continue the numbering after conversation.json's turns and every tNNN_ file on disk, so earlier files are never overwritten."
     self.out_dir.mkdir(parents=True, exist_ok=True)
     self._turn_no = max((int(m[1]) for p in self.out_dir.iterdir() if (m := _TURN_FILE.match(p.name))), default=0)
@@ -233,15 +238,14 @@ def _resume_index(self):
         return
     self.log, self._turn_no, self.conversation = turns, max(self._turn_no, last), conversation
 
-LLMBindAgent._resume_index = _resume_index
-
 # %% ../nbs/13_agent.ipynb #298df202
 def _canonical(text: str) -> str:
     "The response as the model's tokenizer should read it: aliases to the table's tags, no stray `<image>`."
     for a, c in _ALIASES.items(): text = text.replace(a, c)
     return text.replace(IMAGE_TOKEN, "")
 
-def _conversation(self, text: str, # the new user message
+@patch
+def _conversation(self: LLMBindAgent, text: str, # the new user message
                   reserve: int = 0, # positions to keep free (the answer)
                  ) -> list[dict]:
     "The Vicuna messages for the model: past exchanges of this conversation, then `text`, trimmed to fit."
@@ -261,8 +265,6 @@ def _conversation(self, text: str, # the new user message
         msgs = msgs[2:]                       # drop the oldest exchange
     return msgs
 
-LLMBindAgent._conversation = _conversation
-
 # %% ../nbs/13_agent.ipynb #5cfebcb0
 def _count_before(text: str, task: str, pos: int) -> int:
     "How many tags of an embedding task (any spelling) occur in `text[:pos]`."
@@ -271,7 +273,8 @@ def _count_before(text: str, task: str, pos: int) -> int:
 
 def _count(text: str, task: str) -> int: return _count_before(text, task, len(text))
 
-def _decode_embeddings(self, turn: Turn, calls: list, res=None) -> dict:
+@patch
+def _decode_embeddings(self: LLMBindAgent, turn: Turn, calls: list, res=None) -> dict:
     "Masks, boxes and labels for the embedding calls of `turn.response`: {call position: (kind, data, prob)}."
     out, image, model = {}, self.current_image, self.model
     todo = []
@@ -308,10 +311,9 @@ def _decode_embeddings(self, turn: Turn, calls: list, res=None) -> dict:
         else: out[i] = ("label", res.classes[j], float(res.class_probs[j].max()))
     return out
 
-LLMBindAgent._decode_embeddings = _decode_embeddings
-
 # %% ../nbs/13_agent.ipynb #7c2cf789
-def _dispatch(self, turn: Turn, res=None):
+@patch
+def _dispatch(self: LLMBindAgent, turn: Turn, res=None):
     "Parse `turn.response` and run its calls, filling `turn.calls`, `artifacts` and `messages`."
     parsed = self.generators.parse(turn.response)
     turn.calls, turn.problems = list(parsed), list(parsed.problems)
@@ -346,10 +348,9 @@ def _dispatch(self, turn: Turn, res=None):
             art.data = to_pil_image(art.data)
             self.current_image = art.data
 
-LLMBindAgent._dispatch = _dispatch
-
 # %% ../nbs/13_agent.ipynb #969d876c
-def _finish(self, turn: Turn, t0: float) -> Turn:
+@patch
+def _finish(self: LLMBindAgent, turn: Turn, t0: float) -> Turn:
     "Save the turn's files, append it to the history and rewrite conversation.json."
     turn.seconds = time.perf_counter() - t0
     self.history.append(turn)
@@ -367,27 +368,28 @@ def _finish(self, turn: Turn, t0: float) -> Turn:
     self._write_index()
     return turn
 
-def _write_index(self):
+@patch
+def _write_index(self: LLMBindAgent):
     "Write out_dir/conversation.json: every turn of the folder, the model and the generators."
     index = dict(format="llmbind-chat/1", model=None if self.model is None else self.model.cfg.preset,
                  generators=self.generators.tasks(), not_configured=sorted(self.generators.not_configured),
                  conversations=self.conversation + 1, turns=self.log)
     _atomic_write(self.out_dir / "conversation.json", json.dumps(index, indent=1) + "\n")
 
-def _new_turn(self, user, response, image) -> Turn:
+@patch
+def _new_turn(self: LLMBindAgent, user, response, image) -> Turn:
     if user is not None and not isinstance(user, str): raise TypeError(f"the user's text must be a string, got {type(user).__name__}")
     self._turn_no += 1
     turn = Turn(user, response, index=self._turn_no, conversation=self.conversation)
     if image is not None: turn.image = self.set_image(image)
     return turn
 
-LLMBindAgent._finish, LLMBindAgent._write_index, LLMBindAgent._new_turn = _finish, _write_index, _new_turn
-
 # %% ../nbs/13_agent.ipynb #b0248538
-def _execute(self, response: str, # a response with task tags, e.g. "Here it is: <gen> a cat </gen>"
-             image=None, # an image the user attaches to this turn (becomes the current image)
-             user: Optional[str] = None, # the user's message this response answers (kept in the history)
-            ) -> Turn:
+@patch
+def execute(self: LLMBindAgent, response: str, # a response with task tags, e.g. "Here it is: <gen> a cat </gen>"
+            image=None, # an image the user attaches to this turn (becomes the current image)
+            user: Optional[str] = None, # the user's message this response answers (kept in the history)
+           ) -> Turn:
     "Run the calls of a given response without asking the model for text; returns the `Turn`."
     if not isinstance(response, str): raise TypeError(f"response must be a string, got {type(response).__name__}")
     t0 = time.perf_counter()
@@ -395,11 +397,12 @@ def _execute(self, response: str, # a response with task tags, e.g. "Here it is:
     self._dispatch(turn)
     return self._finish(turn, t0)
 
-def _chat(self, text: str, # the user's message
-          image=None, # an image to attach (PIL, path or array); becomes the current image
-          max_new_tokens: Optional[int] = None, # answer length limit (default: the agent's)
-          **generate_kwargs, # passed to `model.generate` (do_sample, temperature, top_p, seed)
-         ) -> Turn:
+@patch
+def chat(self: LLMBindAgent, text: str, # the user's message
+         image=None, # an image to attach (PIL, path or array); becomes the current image
+         max_new_tokens: Optional[int] = None, # answer length limit (default: the agent's)
+         **generate_kwargs, # passed to `model.generate` (do_sample, temperature, top_p, seed)
+        ) -> Turn:
     "Ask the model for an answer to `text` (with the history and the current image), then run its calls."
     if self.model is None: raise ValueError("chat needs a model: build the agent with a model, or use execute(response)")
     if not isinstance(text, str) or not text.strip(): raise ValueError("the message is empty: write something to the model")
@@ -415,31 +418,29 @@ def _chat(self, text: str, # the user's message
     self._dispatch(turn, res)
     return self._finish(turn, t0)
 
-LLMBindAgent.execute, LLMBindAgent.chat = _execute, _chat
-
 # %% ../nbs/13_agent.ipynb #1220e165
 def _registry_for(generators, device, dtype) -> GeneratorRegistry:
     if isinstance(generators, GeneratorRegistry): return generators
     return GeneratorRegistry.from_config(generators, device=device, dtype=dtype)
 
-@classmethod
-def _from_config(cls, cfg: LLMBindConfig, # the full configuration
-                 out_dir=None, # folder for artifacts
-                 device=None, # None: cfg.device
-                 seed: int = 0, # init seed of the random parts
-                 generators=None, # a GeneratorRegistry or a GeneratorsConfig (default: cfg.generators)
-                 **kwargs, # more LLMBindAgent arguments
-                ) -> "LLMBindAgent":
+@patch(cls_method=True)
+def from_config(cls: LLMBindAgent, cfg: LLMBindConfig, # the full configuration
+                out_dir=None, # folder for artifacts
+                device=None, # None: cfg.device
+                seed: int = 0, # init seed of the random parts
+                generators=None, # a GeneratorRegistry or a GeneratorsConfig (default: cfg.generators)
+                **kwargs, # more LLMBindAgent arguments
+               ) -> "LLMBindAgent":
     "An agent around `LLMBindForCausalLM.from_config(cfg)` and the generators of `cfg` (LLMBind's own parts untrained)."
     model = LLMBindForCausalLM.from_config(cfg, device=device, seed=seed)
     return cls(model, _registry_for(generators if generators is not None else cfg, str(model.device), cfg.dtype), out_dir=out_dir, **kwargs)
 
-@classmethod
-def _from_preset(cls, name: str = "tiny", # only "tiny": random-init models for the CPU
-                 out_dir=None, # folder for artifacts
-                 seed: int = 0, # init seed of the tiny model
-                 **kwargs, # more LLMBindAgent arguments
-                ) -> "LLMBindAgent":
+@patch(cls_method=True)
+def from_preset(cls: LLMBindAgent, name: str = "tiny", # only "tiny": random-init models for the CPU
+                out_dir=None, # folder for artifacts
+                seed: int = 0, # init seed of the tiny model
+                **kwargs, # more LLMBindAgent arguments
+               ) -> "LLMBindAgent":
     "An agent on the untrained tiny model and the tiny random generators (the model is built once per process)."
     if name != "tiny":
         raise ConfigError(f"unknown agent preset '{name}': use 'tiny', LLMBindAgent.from_run(RUN_DIR) for a trained model, "
@@ -448,8 +449,6 @@ def _from_preset(cls, name: str = "tiny", # only "tiny": random-init models for 
     key = (seed, cfg.device)
     if key not in _TINY_MODELS: _TINY_MODELS[key] = LLMBindForCausalLM.from_config(cfg, seed=seed)
     return cls(_TINY_MODELS[key], GeneratorRegistry.from_config(cfg), out_dir=out_dir, **kwargs)
-
-LLMBindAgent.from_config, LLMBindAgent.from_preset = _from_config, _from_preset
 
 # %% ../nbs/13_agent.ipynb #4805c869
 def _model_folder(run_dir: Path) -> Path:
@@ -460,13 +459,13 @@ def _model_folder(run_dir: Path) -> Path:
     raise FileNotFoundError(f"{run_dir} holds no saved LLMBind model: expected {run_dir / 'model'}/ or {run_dir}/ itself with "
                             f"config.json, model.safetensors and tokenizer/ (written by LLMBindForCausalLM.save_pretrained)")
 
-@classmethod
-def _from_run(cls, run_dir, # a trained run: RUN_DIR/model/ or RUN_DIR itself written by save_pretrained
-              out_dir=None, # folder for artifacts
-              device=None, # None: the saved config's device
-              generators=None, # a GeneratorRegistry or GeneratorsConfig/LLMBindConfig (default: the run's config.json)
-              **kwargs, # more LLMBindAgent arguments
-             ) -> "LLMBindAgent":
+@patch(cls_method=True)
+def from_run(cls: LLMBindAgent, run_dir, # a trained run: RUN_DIR/model/ or RUN_DIR itself written by save_pretrained
+             out_dir=None, # folder for artifacts
+             device=None, # None: the saved config's device
+             generators=None, # a GeneratorRegistry or GeneratorsConfig/LLMBindConfig (default: the run's config.json)
+             **kwargs, # more LLMBindAgent arguments
+            ) -> "LLMBindAgent":
     "An agent on a trained model loaded from a local run folder, with the generators its config names."
     d = Path(run_dir).expanduser()
     if not d.is_dir(): raise FileNotFoundError(f"run folder {d} does not exist")
@@ -474,8 +473,6 @@ def _from_run(cls, run_dir, # a trained run: RUN_DIR/model/ or RUN_DIR itself wr
     cfg = LLMBindConfig.from_file(d / "config.json") if (d / "config.json").is_file() else model.cfg
     gens = _registry_for(generators if generators is not None else cfg, str(model.device), cfg.dtype)
     return cls(model, gens, out_dir=out_dir, **kwargs)
-
-LLMBindAgent.from_run = _from_run
 
 # %% ../nbs/13_agent.ipynb #edbf365d
 def _print_turn(turn: Turn, file=None):

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 from .config import GeneratorsConfig, LLMBindConfig
 from .tokens import TASK_TOKENS, TASKS, TaskCall, ParseProblem, ParsedResponse, format_call
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['ARTIFACT_KINDS', 'PIPELINES', 'video_frames', 'to_pil_image', 'gif_bytes', 'Artifact', 'resolve_device',
@@ -132,7 +133,8 @@ class Artifact:
                 f"path={str(self.path) if self.path else None!r})")
 
 # %% ../nbs/12_generators.ipynb #b8231cfe
-def _artifact_save(self, out_dir, stem: str) -> Path:
+@patch
+def save(self: Artifact, out_dir, stem: str) -> Path:
     "Write the data to `out_dir/stem.<ext>` (video: .gif and .mp4); sets and returns `path`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     if not stem or "/" in stem or "\\" in stem: raise ValueError(f"stem must be a plain file name without folders, got {stem!r}")
@@ -159,16 +161,16 @@ def _artifact_save(self, out_dir, stem: str) -> Path:
     self.path, self.extra["files"] = files[-1], [str(f) for f in files]
     return self.path
 
-Artifact.save = _artifact_save
-
 # %% ../nbs/12_generators.ipynb #8abe1de9
-def _artifact_to_dict(self) -> dict:
+@patch
+def to_dict(self: Artifact) -> dict:
     "JSON-ready metadata (no pixel or sample data): kind, task, prompt, seed, path, files and scalar extras."
     ex = {k: v for k, v in self.extra.items() if isinstance(v, (str, int, float, bool)) or v is None}
     return dict(kind=self.kind, task=self.task, prompt=self.prompt, seed=self.seed, description=self.describe(),
                 path=str(self.path) if self.path else None, files=list(self.extra.get("files", [])), extra=ex)
 
-def _artifact_show(self, min_side: int = 128):
+@patch
+def show(self: Artifact, min_side: int = 128):
     "An IPython display object (small images and videos are enlarged to `min_side` pixels, nearest neighbour)."
     from IPython.display import Image as IPImage, Audio, Markdown
     def big(im):
@@ -183,8 +185,6 @@ def _artifact_show(self, min_side: int = 128):
         w = np.asarray(self.data, dtype=np.float32); peak = float(np.abs(w).max()) if w.size else 0.0
         return Audio(w / peak * 0.5 if peak > 0 else w, rate=self.sample_rate, normalize=False)  # played at half scale
     return Markdown(f"**{self.kind}**: {self.describe()}")
-
-Artifact.to_dict, Artifact.show = _artifact_to_dict, _artifact_show
 
 # %% ../nbs/12_generators.ipynb #4acf67e3
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -593,22 +593,22 @@ class DiffusersGenerator(Generator):
                 f"dtype={str(self.dtype).replace('torch.', '')}, steps={self.num_inference_steps}, loaded={self.loaded})")
 
 # %% ../nbs/12_generators.ipynb #eb107a1a
-def _generator_from_pretrained(cls, path, **kwargs):
+@patch(cls_method=True)
+def from_pretrained(cls: DiffusersGenerator, path, **kwargs):
     "A generator that loads the pipeline in the local folder `path` (checked now, loaded on first use)."
     return cls(path=path, **kwargs)
 
-def _generator_tiny(cls, seed: int = 0, **kwargs):
+@patch(cls_method=True)
+def tiny(cls: DiffusersGenerator, seed: int = 0, **kwargs):
     "A generator on a tiny random pipeline with the tiny preset's sizes (override any of them with kwargs)."
     c = _tiny_defaults()
     kw = dict(num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale, device="cpu", dtype="float32")
     kw.update(cls._size_kwargs(c)); kw.update(kwargs)
     return cls(tiny=True, tiny_seed=seed, **kw)
 
-DiffusersGenerator.from_pretrained = classmethod(_generator_from_pretrained)
-DiffusersGenerator.tiny = classmethod(_generator_tiny)
-
 # %% ../nbs/12_generators.ipynb #2297a014
-def _generator_load(self) -> "DiffusersGenerator":
+@patch
+def load(self: DiffusersGenerator) -> "DiffusersGenerator":
     "Build or load the pipeline once (shared through the process-wide cache)."
     if self.pipe is None:
         key = (self.pipeline_name, self.source, str(self.device), str(self.dtype))
@@ -622,8 +622,6 @@ def _generator_load(self) -> "DiffusersGenerator":
             _PIPELINE_CACHE[key] = pipe
         self.pipe = _PIPELINE_CACHE[key]
     return self
-
-DiffusersGenerator.load = _generator_load
 
 # %% ../nbs/12_generators.ipynb #121d46d1
 def _check_size(size: int, what: str = "image_size") -> int:
@@ -817,7 +815,8 @@ class GeneratorRegistry:
         return FunctionGenerator(g, task, kind=kind, needs_image=needs_image, needs_prompt=needs_prompt)
 
 # %% ../nbs/12_generators.ipynb #31c1b971
-def _registry_register(self, task: str, # task name: a table task (gen, edit, ...) or a new one
+@patch
+def register(self: GeneratorRegistry, task: str, # task name: a table task (gen, edit, ...) or a new one
              generator, # a Generator, a zero-argument factory, or fn(prompt, image=None, seed=0)
              open_tag: Optional[str] = None, # new tasks: the opening tag, e.g. "<3d>"
              close_tag: Optional[str] = None, # new tasks: the closing tag, e.g. "</3d>" (None: a single tag, no prompt)
@@ -844,17 +843,17 @@ def _registry_register(self, task: str, # task name: a table task (gen, edit, ..
     self._missing.pop(task, None)
     return self
 
-GeneratorRegistry.register = _registry_register
-
 # %% ../nbs/12_generators.ipynb #724743ea
-def _registry_unregister(self, task: str) -> "GeneratorRegistry":
+@patch
+def unregister(self: GeneratorRegistry, task: str) -> "GeneratorRegistry":
     "Remove a task's generator (and its tags, if the registry added them)."
     self._entries.pop(task, None); self._missing.pop(task, None)
     for s in self._extra.pop(task, ()):
         if s is not None: self._tags.pop(s, None)
     return self
 
-def _registry_get(self, task: str) -> Generator:
+@patch
+def get(self: GeneratorRegistry, task: str) -> Generator:
     "The generator of `task` (a factory is called once, here); `GeneratorNotConfigured` if there is none."
     if task in self._entries:
         g = self._entries[task]
@@ -869,20 +868,21 @@ def _registry_get(self, task: str) -> Generator:
     known = ", ".join(self.tasks()) or "none"
     raise GeneratorNotConfigured(f"no generator for task '{task}' (registered: {known}); add one with registry.register('{task}', ...)")
 
-GeneratorRegistry.unregister, GeneratorRegistry.get = _registry_unregister, _registry_get
-
 # %% ../nbs/12_generators.ipynb #7ee102e2
-def _registry_parse(self, text: str) -> ParsedResponse:
+@patch
+def parse(self: GeneratorRegistry, text: str) -> ParsedResponse:
     "Parse a response with the table's tags and every registered tag (same rules as `parse_response`)."
     return parse_tagged(text, self._tags)
 
-def _registry_tags(self, task: str) -> tuple:
+@patch
+def tags(self: GeneratorRegistry, task: str) -> tuple:
     "(open, close) tags of a task (close is None for single tags)."
     if task in TASKS: return (TASKS[task].open, TASKS[task].close)
     if task in self._extra: return self._extra[task]
     raise KeyError(f"task '{task}' has no tags (table tasks: {', '.join(TASKS)}; registered: {', '.join(self._extra) or 'none'})")
 
-def _registry_format_call(self, task: str, prompt: Optional[str] = None) -> str:
+@patch
+def format_call(self: GeneratorRegistry, task: str, prompt: Optional[str] = None) -> str:
     "The text of one call, for table tasks and registered ones (`'<3d> a teapot </3d>'`)."
     if task in TASKS: return format_call(task, prompt)
     o, c = self.tags(task)
@@ -893,30 +893,29 @@ def _registry_format_call(self, task: str, prompt: Optional[str] = None) -> str:
     if any(s in prompt for s in self._tags): raise ValueError(f"the prompt {prompt!r} contains a task tag")
     return f"{o} {prompt.strip()} {c}"
 
-def _registry_new_tag_strings(self) -> list[str]:
+@patch
+def new_tag_strings(self: GeneratorRegistry) -> list[str]:
     "Tags registered here that the token table does not have (add them to a tokenizer to teach a model)."
     return [s for o, c in self._extra.values() for s in (o, c) if s is not None]
 
-GeneratorRegistry.parse, GeneratorRegistry.tags = _registry_parse, _registry_tags
-GeneratorRegistry.format_call, GeneratorRegistry.new_tag_strings = _registry_format_call, _registry_new_tag_strings
-
 # %% ../nbs/12_generators.ipynb #00565e72
-def _registry_run(self, call: Union[TaskCall, str], # a parsed call, or a task name
+@patch
+def run(self: GeneratorRegistry, call: Union[TaskCall, str], # a parsed call, or a task name
         prompt: Optional[str] = None, image=None, seed: int = 0) -> Artifact:
     "Run one call (or task + prompt) through its generator."
     if isinstance(call, TaskCall): task, prompt = call.task, call.prompt
     else: task = call
     return self.get(task)(prompt, image=image, seed=seed)
 
-def _registry_load_all(self) -> "GeneratorRegistry":
+@patch
+def load_all(self: GeneratorRegistry) -> "GeneratorRegistry":
     "Load every generator now instead of on first use."
     for t in self.tasks(): self.get(t).load()
     return self
 
-GeneratorRegistry.run, GeneratorRegistry.load_all = _registry_run, _registry_load_all
-
 # %% ../nbs/12_generators.ipynb #99792801
-def _registry_from_config(cls, cfg: Union[GeneratorsConfig, LLMBindConfig], # generator settings (or the whole config)
+@patch(cls_method=True)
+def from_config(cls: GeneratorRegistry, cfg: Union[GeneratorsConfig, LLMBindConfig], # generator settings (or the whole config)
                 device: Optional[str] = None, # default: the config's device (LLMBindConfig) or auto
                 dtype: Optional[str] = None, # default: the config's dtype (LLMBindConfig) or auto
                ) -> "GeneratorRegistry":
@@ -939,12 +938,11 @@ def _registry_from_config(cls, cfg: Union[GeneratorsConfig, LLMBindConfig], # ge
                                   f"{kind.pipeline} folder (e.g. {kind.checkpoint}/), or generators.tiny=true for tiny random ones")
     return reg
 
-def _registry_repr(self):
+@patch
+def __repr__(self: GeneratorRegistry):
     lines = [f"GeneratorRegistry({len(self)} tasks)"]
     for t, g in self._entries.items():
         tags = " ".join(s for s in self.tags(t) if s) if (t in TASKS or t in self._extra) else "(no tag)"
         lines.append(f"  {t:<6} {tags:<24} {g!r}")
     for t, m in self._missing.items(): lines.append(f"  {t:<6} not configured")
     return "\n".join(lines)
-
-GeneratorRegistry.from_config, GeneratorRegistry.__repr__ = classmethod(_registry_from_config), _registry_repr

@@ -8,6 +8,7 @@ import zlib, math
 from typing import Iterator, Optional, Union
 import numpy as np
 from .config import ConfigError, mixture_leaf_probs
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['MixtureSampler']
@@ -104,27 +105,28 @@ class MixtureSampler:
         return out
 
 # %% ../nbs/10_mixing.ipynb #bf64006b
-def _from_config(cls,
-                 config,                     # an `LLMBindConfig` or a `DataConfig` (its `mix` tree is used)
-                 sizes: dict[str, int],      # items per leaf path
-                 seed: int = 0, rank: int = 0, world_size: int = 1):
+@patch(cls_method=True)
+def from_config(cls: MixtureSampler,
+                config,                     # an `LLMBindConfig` or a `DataConfig` (its `mix` tree is used)
+                sizes: dict[str, int],      # items per leaf path
+                seed: int = 0, rank: int = 0, world_size: int = 1):
     "Build the sampler from `config.data.mix` (or `DataConfig.mix`)."
     data = getattr(config, "data", config)
     if not hasattr(data, "mix"): raise ConfigError(f"expected an LLMBindConfig or DataConfig, got {type(config).__name__}")
     return cls(data.mix, sizes, seed=seed, rank=rank, world_size=world_size)
 
-def _leaf_probabilities(self: MixtureSampler) -> dict[str, float]:
+@patch
+def leaf_probabilities(self: MixtureSampler) -> dict[str, float]:
     "Target probability of every leaf (the flattened tree)."
     return dict(self.probs)
 
-def _repr(self: MixtureSampler):
+@patch
+def __repr__(self: MixtureSampler):
     return (f"MixtureSampler({len(self.leaves)} leaves, seed={self.seed}, rank={self.rank}/{self.world_size}, "
             f"yielded={self._yielded})")
 
-MixtureSampler.from_config = classmethod(_from_config)
-MixtureSampler.leaf_probabilities, MixtureSampler.__repr__ = _leaf_probabilities, _repr
-
 # %% ../nbs/10_mixing.ipynb #04b0c91c
+@patch
 def _leaf_at(self: MixtureSampler, g: int) -> int:
     "Leaf id of global draw `g`."
     b = g // _BLOCK
@@ -136,6 +138,7 @@ def _leaf_at(self: MixtureSampler, g: int) -> int:
         self._block_id, self._block = b, out
     return int(self._block[g % _BLOCK])
 
+@patch
 def _item(self: MixtureSampler, leaf_id: int, count: int) -> int:
     "Item index of the `count`-th draw (0-based) of leaf `leaf_id`."
     n = self.sizes[self.leaves[leaf_id]]
@@ -146,7 +149,8 @@ def _item(self: MixtureSampler, leaf_id: int, count: int) -> int:
         cached = self._perm_cache[leaf_id] = (epoch, perm)
     return int(cached[1][pos])
 
-def _next(self: MixtureSampler) -> tuple[str, int]:
+@patch
+def __next__(self: MixtureSampler) -> tuple[str, int]:
     while True:
         g = self._pos
         leaf_id = self._leaf_at(g)
@@ -157,24 +161,26 @@ def _next(self: MixtureSampler) -> tuple[str, int]:
             self._yielded += 1
             return self.leaves[leaf_id], self._item(leaf_id, count)
 
-def _take(self: MixtureSampler, n: int) -> list[tuple[str, int]]:
+@patch
+def take(self: MixtureSampler, n: int) -> list[tuple[str, int]]:
     "The next `n` draws of this rank as a list of `(leaf, index)`."
     if isinstance(n, bool) or not isinstance(n, int) or n < 0: raise ValueError(f"n must be a non-negative integer, got {n!r}")
     return [next(self) for _ in range(n)]
 
-MixtureSampler._leaf_at, MixtureSampler._item = _leaf_at, _item
-MixtureSampler.__next__, MixtureSampler.take = _next, _take
-MixtureSampler.__iter__ = lambda self: self
+@patch
+def __iter__(self: MixtureSampler): return self
 
 # %% ../nbs/10_mixing.ipynb #9668e978
-def _state_dict(self: MixtureSampler) -> dict:
+@patch
+def state_dict(self: MixtureSampler) -> dict:
     "A JSON-serialisable snapshot: counters plus what they are valid for."
     return {"version": 1, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
             "position": self._pos, "yielded": self._yielded,
             "leaf_draws": {leaf: c for leaf, c in zip(self.leaves, self._counts)},
             "leaf_probs": dict(self.probs), "sizes": dict(self.sizes)}
 
-def _load_state_dict(self: MixtureSampler, state: dict):
+@patch
+def load_state_dict(self: MixtureSampler, state: dict):
     "Continue from `state` (from `state_dict()` of a sampler with the same tree, sizes, seed, rank and world size)."
     if not isinstance(state, dict) or state.get("version") != 1:
         raise ValueError("not a MixtureSampler state (expected a dict from MixtureSampler.state_dict(), version 1)")
@@ -193,5 +199,3 @@ def _load_state_dict(self: MixtureSampler, state: dict):
     self._pos, self._yielded = int(state["position"]), int(state["yielded"])
     self._counts = [int(state["leaf_draws"][leaf]) for leaf in self.leaves]
     return self
-
-MixtureSampler.state_dict, MixtureSampler.load_state_dict = _state_dict, _load_state_dict

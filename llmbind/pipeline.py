@@ -17,6 +17,7 @@ from .synthetic import LEAVES as WORLD_LEAVES, load_shapes_world
 from .mixing import MixtureSampler
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['MAX_SKIPPED_BATCHES', 'task_tokenizer', 'chat_collator', 'sampling_tree', 'read_sources', 'SampleCache',
@@ -252,7 +253,8 @@ class DataStream:
                                   f"llm.model_max_length; raise it or check the data")
 
 # %% ../nbs/10a_pipeline.ipynb #ecc1bced
-def _stream_start(self):
+@patch
+def _start(self: DataStream):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")      # the workers tokenize; no fork warning from HF tokenizers
     ctx = "fork" if "fork" in multiprocessing.get_all_start_methods() else None
     self._issued, self._states = 0, {}
@@ -260,29 +262,29 @@ def _stream_start(self):
                                          num_workers=self.num_workers, multiprocessing_context=ctx, prefetch_factor=2)
     self._it = iter(loader)
 
-def _stream_close(self):
+@patch
+def close(self: DataStream):
     "Stop the worker processes (they start again on the next batch)."
     if self._it is not None:
         self._it._shutdown_workers(); self._it = None
         self.plan.load_state_dict(self._state)       # the plan ran ahead for the prefetched batches: rewind it
 
-DataStream._start, DataStream.close = _stream_start, _stream_close
-
 # %% ../nbs/10a_pipeline.ipynb #6032efb7
-def _stream_state_dict(self) -> dict:
+@patch
+def state_dict(self: DataStream) -> dict:
     "Where the stream stands after the batches returned so far (JSON-serialisable)."
     return json.loads(json.dumps(self._state))
 
-def _stream_load_state_dict(self, state: dict):
+@patch
+def load_state_dict(self: DataStream, state: dict):
     "Continue after the batches `state` was taken at."
     self.close(); self.plan.load_state_dict(state); self._state = self.plan.state_dict()
     return self
 
-def _stream_del(self):
+@patch
+def __del__(self: DataStream):
     try: self.close()
     except Exception: pass
-
-DataStream.state_dict, DataStream.load_state_dict, DataStream.__del__ = _stream_state_dict, _stream_load_state_dict, _stream_del
 
 # %% ../nbs/10a_pipeline.ipynb #0cf78488
 def build_model(cfg: LLMBindConfig,

@@ -15,6 +15,7 @@ from .config import ConfigError, DataConfig, LLMBindConfig
 from .tokens import IMAGE_TOKEN, format_call
 from . import data as lbdata
 from .data import Sample, rle_encode, write_conversations
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'HPOS', 'VPOS', 'CORNERS', 'SPLITS', 'POSITION_PHRASES', 'VQA_QUESTIONS',
@@ -1215,7 +1216,8 @@ class ShapesWorld:
         return cls(image_size=data.image_size, kinds=names, seed=seed)
 
 # %% ../nbs/09_synthetic.ipynb #5302ece1
-def _world_record(self, leaf: str, split: str, i: int) -> dict:
+@patch
+def record(self: ShapesWorld, leaf: str, split: str, i: int) -> dict:
     "Record `i` of a leaf and split (a pure function of the seed, leaf, split and i); in the phrasing space with `parts`."
     _check_split(split)
     rng = sample_rng(self.seed, split, leaf, i)
@@ -1229,8 +1231,6 @@ def _world_record(self, leaf: str, split: str, i: int) -> dict:
     rec = {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
     if log is not None: rec["parts"] = _turn_parts(rec, log)     # one label list per user turn (and reasoning text)
     return rec
-
-ShapesWorld.record = _world_record
 
 # %% ../nbs/09_synthetic.ipynb #4f7051ed
 def _png(img: Image.Image, path: Path):

@@ -16,6 +16,7 @@ from .mixing import MixtureSampler
 from .generators import Artifact, video_frames, to_pil_image, gif_bytes
 from .moe import routing_stats
 from .agent import LLMBindAgent, Turn, mask_overlay
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SELECT_ALL', 'display_size', 'png_uri', 'img_tag', 'gif_uri', 'wav_bytes', 'wav_uri', 'highlight_tags',
@@ -208,7 +209,8 @@ class ChatDemo(_Demo):
         self.turns, self.notes, self.view.children, self.status.value = [], [], (), "new conversation"
 
 # %% ../nbs/15_widgets.ipynb #1c9f140f
-def _chat_send(self):
+@patch
+def _send(self: ChatDemo):
     text, answer = self.text.value.strip(), self.answer.value.strip()
     try: image = read_upload(self.upload.value)
     except UploadError as e:
@@ -226,16 +228,16 @@ def _chat_send(self):
     self.text.value, self.answer.value, self.upload.value = "", "", ()
     self.status.value = f"{turn.seconds:.1f} s" + (f", {len(turn.messages)} note(s)" if turn.messages else "")
 
-def _chat_to_html(self) -> str:
+@patch
+def to_html(self: ChatDemo) -> str:
     "The conversation on screen as one HTML string."
     return "".join(c.value for c in self.view.children)
 
-def _chat_snapshot(self):
+@patch
+def snapshot(self: ChatDemo):
     "A static picture of the conversation (for places without a live kernel, such as the docs)."
     from IPython.display import HTML
     return HTML(f'<div style="border:1px solid #ccc;padding:4px 8px">{self.to_html() or "<i>(empty conversation)</i>"}</div>')
-
-ChatDemo._send, ChatDemo.to_html, ChatDemo.snapshot = _chat_send, _chat_to_html, _chat_snapshot
 
 # %% ../nbs/15_widgets.ipynb #2cf9fcc6
 SELECT_ALL = "(all)"   # the dropdown entry that selects every task or every linear
@@ -336,7 +338,8 @@ class RoutingExplorer(_Demo):
         return IPImage(data=_png(self.figure()), format="png")
 
 # %% ../nbs/15_widgets.ipynb #2d8b93a2
-def _routing_figure(self):
+@patch
+def figure(self: RoutingExplorer):
     "A matplotlib figure of the selection: bars for one router, a heatmap for several."
     from matplotlib.figure import Figure
     labels, a = self.selection()                                           # (R, N)
@@ -358,7 +361,8 @@ def _routing_figure(self):
     fig.colorbar(im, ax=ax, fraction=0.04)
     return fig
 
-def _routing_table_html(self) -> str:
+@patch
+def table_html(self: RoutingExplorer) -> str:
     "The selection as an HTML table: one row per router, one column per expert, and max/uniform."
     labels, a = self.selection()
     N = a.shape[1]
@@ -367,10 +371,9 @@ def _routing_table_html(self) -> str:
                    + f"<td>{row.max() * N / max(row.sum(), 1e-12):.2f}</td></tr>" for l, row in zip(labels, a))
     return f'<table style="font-size:11px"><tr><th></th>{head}</tr>{body}</table>'
 
-RoutingExplorer.figure, RoutingExplorer.table_html = _routing_figure, _routing_table_html
-
 # %% ../nbs/15_widgets.ipynb #e73b3153
-def _routing_from_run(cls, run_dir, # a run folder with report.json (llmbind demo), or the report.json file itself
+@patch(cls_method=True)
+def from_run(cls: RoutingExplorer, run_dir, # a run folder with report.json (llmbind demo), or the report.json file itself
              **kwargs):
     "The explorer for the routing statistics in a run's report.json."
     p = Path(run_dir).expanduser()
@@ -384,11 +387,10 @@ def _routing_from_run(cls, run_dir, # a run folder with report.json (llmbind dem
                          f"it must come from `llmbind demo`")
     return cls(rep["routing"], **kwargs)
 
-def _routing_from_model(cls, model, texts: dict, **kwargs):
+@patch(cls_method=True)
+def from_model(cls: RoutingExplorer, model, texts: dict, **kwargs):
     "The explorer for a model's routing on a few texts per task (see `routing_from_texts`)."
     return cls(routing_from_texts(model, texts), **kwargs)
-
-RoutingExplorer.from_run, RoutingExplorer.from_model = classmethod(_routing_from_run), classmethod(_routing_from_model)
 
 # %% ../nbs/15_widgets.ipynb #bc9334fc
 def _mix_tree(config) -> dict:
@@ -455,11 +457,13 @@ class MixtureExplorer(_Demo):
         return [W.VBox([W.HTML(f"<b>{'top level' if g == '' else 'inside ' + html.escape(g)}</b>"), *ss]) for g, ss in cols.items()]
 
 # %% ../nbs/15_widgets.ipynb #a1816354
-def _mix_weights(self) -> dict:
+@patch
+def weights(self: MixtureExplorer) -> dict:
     "The slider values as {path: weight}."
     return {p: float(s.value) for p, s in self.sliders.items()}
 
-def _mix_set_weights(self, weights: dict): # {path: weight} for some or all nodes
+@patch
+def set_weights(self: MixtureExplorer, weights: dict): # {path: weight} for some or all nodes
     "Move several sliders at once (one redraw)."
     bad = sorted(set(weights) - set(self.sliders))
     if bad: raise KeyError(f"no slider for {bad}; the nodes are {list(self.sliders)}")
@@ -469,22 +473,24 @@ def _mix_set_weights(self, weights: dict): # {path: weight} for some or all node
     finally: self._quiet = False
     self.refresh()
 
-def _mix_tree_now(self) -> dict:
+@patch
+def tree(self: MixtureExplorer) -> dict:
     "The mixture tree with the slider weights (the format of `config.data.mix`)."
     return _with_weights(self.base_tree, self.weights())
 
-MixtureExplorer.weights, MixtureExplorer.set_weights, MixtureExplorer.tree = _mix_weights, _mix_set_weights, _mix_tree_now
-
 # %% ../nbs/15_widgets.ipynb #d1ebf5cd
-def _mix_probabilities(self) -> dict:
+@patch
+def probabilities(self: MixtureExplorer) -> dict:
     "Leaf probabilities of the current tree; raises ConfigError when the weights are invalid."
     return mixture_leaf_probs(self.tree())
 
-def _mix_expected(self) -> dict:
+@patch
+def expected(self: MixtureExplorer) -> dict:
     "Expected number of samples of each leaf in one batch: batch size x probability."
     return {k: self.batch_size.value * p for k, p in self.probabilities().items()}
 
-def _mix_sample(self) -> dict:
+@patch
+def sample(self: MixtureExplorer) -> dict:
     "The leaves of one batch drawn by `MixtureSampler` with the current tree and seed: {leaf: count}."
     probs = self.probabilities()
     B = int(self.batch_size.value)
@@ -492,10 +498,9 @@ def _mix_sample(self) -> dict:
     drawn = [leaf for leaf, _ in s.take(B)]
     return {k: drawn.count(k) for k in probs}
 
-MixtureExplorer.probabilities, MixtureExplorer.expected, MixtureExplorer.sample = _mix_probabilities, _mix_expected, _mix_sample
-
 # %% ../nbs/15_widgets.ipynb #5501526d
-def _mix_figure(self, _got: Optional[dict] = None):
+@patch
+def figure(self: MixtureExplorer, _got: Optional[dict] = None):
     "Bars of the expected composition, dots for the sampled batch, one colour per top-level group."
     from matplotlib.figure import Figure
     exp, got = self.expected(), (self.sample() if _got is None else _got)
@@ -510,17 +515,17 @@ def _mix_figure(self, _got: Optional[dict] = None):
     ax.legend(fontsize=7, loc="lower right")
     return fig
 
-def _mix_table_html(self, _got: Optional[dict] = None) -> str:
+@patch
+def table_html(self: MixtureExplorer, _got: Optional[dict] = None) -> str:
     "Leaf, probability, expected count and sampled count as an HTML table."
     p, exp, got = self.probabilities(), self.expected(), (self.sample() if _got is None else _got)
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{p[k]:.4f}</td><td>{exp[k]:.2f}</td><td>{got[k]}</td></tr>" for k in p)
     return (f'<table style="font-size:11px"><tr><th>leaf</th><th>probability</th><th>expected</th><th>sampled</th></tr>{rows}'
             f'<tr><td><b>total</b></td><td>{sum(p.values()):.4f}</td><td>{sum(exp.values()):.2f}</td><td>{sum(got.values())}</td></tr></table>')
 
-MixtureExplorer.figure, MixtureExplorer.table_html = _mix_figure, _mix_table_html
-
 # %% ../nbs/15_widgets.ipynb #b95025cd
-def _mix_refresh(self):
+@patch
+def refresh(self: MixtureExplorer):
     "Recompute the table and the plot, or show why the weights are invalid."
     if getattr(self, "_quiet", False): return
     try: self.probabilities()
@@ -533,12 +538,11 @@ def _mix_refresh(self):
     self.table.value = self.table_html(got)
     _show_png(self.out, _png(self.figure(got)))
 
-def _mix_snapshot(self):
+@patch
+def snapshot(self: MixtureExplorer):
     "A static picture of the current plot."
     from IPython.display import Image as IPImage
     return IPImage(data=_png(self.figure()), format="png")
-
-MixtureExplorer.refresh, MixtureExplorer.snapshot = _mix_refresh, _mix_snapshot
 
 # %% ../nbs/15_widgets.ipynb #4210b5a0
 def _logits_array(mask_logits) -> np.ndarray:
@@ -597,12 +601,14 @@ class MaskOverlay(_Demo):
                            f"threshold {t:.2f} on the probability = logit {np.log(t / (1 - t)):+.2f}")
 
 # %% ../nbs/15_widgets.ipynb #dfbc3760
-def _overlay_from_probs(cls, image, probs, **kwargs):
+@patch(cls_method=True)
+def from_probs(cls: MaskOverlay, image, probs, **kwargs):
     "The same from probabilities in [0, 1] (for example `GenerateResult.mask_probs[i]`)."
     p = np.clip(_logits_array(probs).astype(np.float64), 1e-7, 1 - 1e-7)
     return cls(image, np.log(p / (1 - p)), **kwargs)
 
-def _overlay_snapshot(self, thresholds: Sequence[float] = (0.1, 0.5, 0.9)): # thresholds to show side by side
+@patch
+def snapshot(self: MaskOverlay, thresholds: Sequence[float] = (0.1, 0.5, 0.9)): # thresholds to show side by side
     "A static picture: the overlay at a few thresholds, with the area of each."
     from IPython.display import Image as IPImage
     from matplotlib.figure import Figure
@@ -614,5 +620,3 @@ def _overlay_snapshot(self, thresholds: Sequence[float] = (0.1, 0.5, 0.9)): # th
             ax.imshow(self.overlay()); ax.set_title(f"t = {t:.2f}: {self.area} px", fontsize=8); ax.axis("off")
     finally: self.threshold.value = keep
     return IPImage(data=_png(fig), format="png")
-
-MaskOverlay.from_probs, MaskOverlay.snapshot = classmethod(_overlay_from_probs), _overlay_snapshot
