@@ -5,6 +5,7 @@
 # %% ../nbs/07_losses.ipynb #373cd81b
 from __future__ import annotations
 import math
+from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
@@ -13,7 +14,8 @@ from .config import LossConfig
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'LOSS_TERMS', 'ar_loss', 'per_sample_ar_loss', 'per_task_losses', 'sigmoid_bce_loss', 'dice_loss',
-           'mask_loss', 'box_loss', 'cls_loss', 'LossBreakdown', 'loss_terms', 'weighted_total', 'compute_total_loss']
+           'mask_loss', 'box_loss', 'cls_loss', 'LossBreakdown', 'loss_terms', 'weighted_total', 'compute_total_loss',
+           'TrainOutput', 'unpack_output']
 
 # %% ../nbs/07_losses.ipynb #769c31f3
 IGNORE_INDEX = -100  # label of positions that carry no loss (LLaVA / LISA / Hugging Face convention)
@@ -304,3 +306,25 @@ def compute_total_loss(cfg: LossConfig,                 # the weights (`LLMBindC
     if tasks is not None:
         out.update({f"ar/{t}": v for t, v in per_task_losses(logits, labels, tasks, ignore_index).items()})
     return total, out
+
+# %% ../nbs/07_losses.ipynb #61ceb848
+@dataclass
+class TrainOutput:
+    "A model output for training: the loss to minimise, its named terms, and extra statistics."
+    loss: torch.Tensor                                  # scalar that backward() is called on
+    loss_terms: dict = field(default_factory=dict)      # name -> scalar tensor or float (logged as loss/<name>)
+    stats: dict = field(default_factory=dict)           # name -> float (logged as is, e.g. routing/...)
+
+def _to_float(v) -> float:
+    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+def unpack_output(out) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    "`(loss, terms, stats)` from a model output (an object with `.loss` or a dict with 'loss')."
+    get = out.get if isinstance(out, dict) else (lambda k, d=None: getattr(out, k, d))
+    loss = get("loss")
+    if not torch.is_tensor(loss):
+        raise TypeError(f"the model's forward must return an output with a tensor `.loss` (got {type(out).__name__} "
+                        f"whose loss is {type(loss).__name__}); call it with labels")
+    terms = get("loss_terms") or get("losses") or {}
+    stats = get("stats") or {}
+    return loss, {k: _to_float(v) for k, v in terms.items()}, {k: _to_float(v) for k, v in stats.items()}

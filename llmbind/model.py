@@ -52,7 +52,7 @@ class LLMBindOutput:
 
     @property
     def loss_terms(self) -> dict:
-        "The terms as a plain dict (what `llmbind.train.unpack_output` logs)."
+        "The terms as a plain dict (what `llmbind.losses.unpack_output` logs)."
         return dict(self.terms or {})
 
 # %% ../nbs/06_model.ipynb #3017fb0a

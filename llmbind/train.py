@@ -6,30 +6,27 @@
 from __future__ import annotations
 import argparse, base64, contextlib, copy, fcntl, hashlib, importlib, json, logging, math, os, pickle, random, re, shutil, signal, socket
 import subprocess, sys, tempfile, threading, time, traceback, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import nn
-import torch.nn.functional as F
 from .config import LLMBindConfig, TrainConfig, ConfigError, apply_paths
-from .tokens import tiny_llama
-from .moe import load_balancing_loss
-from .mixing import MixtureSampler
+from .losses import unpack_output, _to_float
+from .standin import standin_model, standin_data, standin_eval
 
 # %% auto #0
-__all__ = ['STANDIN_TASKS', 'TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATHSIG', 'LOCK', 'LATEST', 'MANIFEST', 'METRICS',
+__all__ = ['TORCH_EXTENSIONS_DEFAULT', 'SHM_OP', 'PR_SET_PDEATHSIG', 'LOCK', 'LATEST', 'MANIFEST', 'METRICS',
            'FULL_STATE_MAX_PARAMS', 'RUN_ENTRIES', 'device_type_for', 'resolve_precision', 'quiet_deepspeed',
-           'deepspeed_config', 'optimizer_for', 'warmup_decay_lr', 'deepspeed_scheduler', 'TrainOutput',
-           'unpack_output', 'RoutedExperts', 'StandInLM', 'StandInData', 'standin_model', 'standin_data',
-           'standin_eval', 'warmup_cosine_lr', 'FitStep', 'batch_step', 'fit', 'free_port', 'dist_env', 'worker_env',
-           'shm_op_cached', 'use_shm_op', 'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock',
-           'checkpoint_tag', 'write_text_atomic', 'read_latest', 'list_checkpoints', 'write_manifest',
-           'verify_checkpoint', 'atomic_checkpoint', 'UnverifiedCheckpointWarning', 'find_resumable', 'set_aside',
-           'rng_state', 'set_rng_state', 'checkpoint_globals', 'weights_only_loading', 'read_metrics', 'MetricsLog',
-           'train', 'check_overwritable', 'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths',
-           'pipeline_for', 'config_changes', 'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
+           'deepspeed_config', 'optimizer_for', 'warmup_decay_lr', 'deepspeed_scheduler', 'warmup_cosine_lr', 'FitStep',
+           'batch_step', 'fit', 'free_port', 'dist_env', 'worker_env', 'shm_op_cached', 'use_shm_op',
+           'set_parent_death_signal', 'run_owned', 'RunLockedError', 'run_lock', 'checkpoint_tag', 'write_text_atomic',
+           'read_latest', 'list_checkpoints', 'write_manifest', 'verify_checkpoint', 'atomic_checkpoint',
+           'UnverifiedCheckpointWarning', 'find_resumable', 'set_aside', 'rng_state', 'set_rng_state',
+           'checkpoint_globals', 'weights_only_loading', 'read_metrics', 'MetricsLog', 'train', 'check_overwritable',
+           'prepare_run_dir', 'torchrun_command', 'launch', 'worker_main', 'check_paths', 'pipeline_for',
+           'config_changes', 'resolve_folders', 'resolve_config', 'train_command', 'memory_estimate']
 
 # %% ../nbs/11_train.ipynb #6a8c3695
 def device_type_for(cfg: LLMBindConfig) -> str:
@@ -147,159 +144,6 @@ def deepspeed_scheduler(optimizer: torch.optim.Optimizer,   # any torch optimize
     quiet_deepspeed()
     sched = ds_config["scheduler"]
     return getattr(lr_schedules, sched["type"])(optimizer, **sched["params"])
-
-# %% ../nbs/11_train.ipynb #61ceb848
-@dataclass
-class TrainOutput:
-    "A model output for training: the loss to minimise, its named terms, and extra statistics."
-    loss: torch.Tensor                                  # scalar that backward() is called on
-    loss_terms: dict = field(default_factory=dict)      # name -> scalar tensor or float (logged as loss/<name>)
-    stats: dict = field(default_factory=dict)           # name -> float (logged as is, e.g. routing/...)
-
-def _to_float(v) -> float:
-    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
-
-def unpack_output(out) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
-    "`(loss, terms, stats)` from a model output (an object with `.loss` or a dict with 'loss')."
-    get = out.get if isinstance(out, dict) else (lambda k, d=None: getattr(out, k, d))
-    loss = get("loss")
-    if not torch.is_tensor(loss):
-        raise TypeError(f"the model's forward must return an output with a tensor `.loss` (got {type(out).__name__} "
-                        f"whose loss is {type(loss).__name__}); call it with labels")
-    terms = get("loss_terms") or get("losses") or {}
-    stats = get("stats") or {}
-    return loss, {k: _to_float(v) for k, v in terms.items()}, {k: _to_float(v) for k, v in stats.items()}
-
-# %% ../nbs/11_train.ipynb #0b891788
-STANDIN_TASKS = ("copy", "count")
-
-class RoutedExperts(nn.Module):
-    "N square experts combined with per-token gate weights (a module of its own, so ZeRO-3 can gather its weights)."
-    def __init__(self, num_experts: int, hidden_size: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.zeros(num_experts, hidden_size, hidden_size))  # start as a no-op
-    def forward(self, h, gate):                                       # h (B, T, H), gate (B, T, N)
-        return torch.einsum("btn,nhk,btk->bth", gate, self.weight, h)  # (B, T, H)
-
-# %% ../nbs/11_train.ipynb #c0a7b086
-class StandInLM(nn.Module):
-    "A tiny LLaMA with a top-1 routed two-expert adapter; its forward returns `TrainOutput` like LLMBind's model."
-    def __init__(self, vocab_size: int = 32,    # toy vocabulary (0 pad, 1 bos, 2 copy, 3 count, 4.. content)
-                 hidden_size: int = 64, num_layers: int = 2, num_heads: int = 4,
-                 num_experts: int = 2,           # N of the routed adapter
-                 aux_weight: float = 0.01,       # weight of the load-balancing loss
-                 seed: int = 0):                 # initialisation seed
-        super().__init__()
-        self.lm = tiny_llama(vocab_size, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
-                             intermediate_size=2 * hidden_size, max_position_embeddings=128, seed=seed).train()
-        g = torch.Generator().manual_seed(seed + 1)
-        self.router = nn.Linear(hidden_size, num_experts, bias=False)
-        nn.init.normal_(self.router.weight, std=0.02, generator=g)
-        self.experts = RoutedExperts(num_experts, hidden_size)
-        self.num_experts, self.aux_weight = num_experts, aux_weight
-
-    def forward(self, input_ids, labels, task=None, poison=None, attention_mask=None):
-        h = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, T, H)
-        router_logits = self.router(h)                                                            # (B, T, N)
-        probs = router_logits.softmax(-1)                                                         # (B, T, N)
-        top = probs.argmax(-1)                                                                    # (B, T)
-        gate = F.one_hot(top, self.num_experts).to(h.dtype) * probs                               # (B, T, N)
-        h = h + self.experts(h, gate)                                                             # top-1 expert
-        logits = self.lm.lm_head(h)                                                               # (B, T, V)
-        tgt = labels[:, 1:]                                                                       # (B, T-1)
-        tok = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tgt.flatten(), ignore_index=-100, reduction="none")
-        tok = tok.view_as(tgt); valid = (tgt != -100).float()
-        ce = (tok * valid).sum() / valid.sum().clamp_min(1)
-        # Eq. 10-12 with alpha = 1: L_aux = N * sum_i f_i P_i (f: share of tokens routed to expert i, P: mean router probability)
-        aux = load_balancing_loss(router_logits, self.num_experts)
-        loss = ce + self.aux_weight * aux
-        if poison is not None and bool(poison.any()): loss = loss * float("nan")
-        terms = {"ce": ce.detach(), "aux": aux.detach()}
-        if task is not None:
-            per_sample = (tok * valid).sum(1) / valid.sum(1).clamp_min(1)                          # (B,)
-            for i, name in enumerate(STANDIN_TASKS):
-                sel = task == i
-                if sel.any(): terms[f"ce/{name}"] = per_sample[sel].mean().detach()
-        f = F.one_hot(top, self.num_experts).float().flatten(0, 1).mean(0)                        # (N,) f_i of Eq. 11
-        stats = {f"routing/share_e{i}": float(f[i]) for i in range(self.num_experts)}
-        return TrainOutput(loss=loss, loss_terms=terms, stats=stats)
-
-# %% ../nbs/11_train.ipynb #28350e57
-class StandInData:
-    "Endless batches of the two toy tasks, drawn 1:1 through `MixtureSampler`; rank-sharded and resumable."
-    def __init__(self, batch_size: int = 8,             # samples per micro-batch (per rank)
-                 seq_len: int = 16,                     # tokens per sample
-                 vocab_size: int = 32,
-                 seed: int = 0,                         # one seed for the run (all ranks)
-                 rank: int = 0, world_size: int = 1,
-                 size: int = 100_000,                   # items per task (an epoch)
-                 poison_batches: Sequence[int] = (),    # testing: 1-based batch numbers whose loss becomes NaN
-                 poison_rank: Optional[int] = None):    # ... only on this rank (None: every rank)
-        if seq_len < 6 or seq_len % 2: raise ValueError(f"seq_len must be even and at least 6, got {seq_len}")
-        self.batch_size, self.seq_len, self.vocab_size, self.seed = batch_size, seq_len, vocab_size, seed
-        self.sampler = MixtureSampler({t: 1.0 for t in STANDIN_TASKS}, {t: size for t in STANDIN_TASKS},
-                                      seed=seed, rank=rank, world_size=world_size)
-        self.poison, self.batches = set(int(b) for b in poison_batches), 0
-        if poison_rank is not None and poison_rank != rank: self.poison = set()
-
-    def example(self, task: str, index: int) -> tuple[list[int], list[int]]:
-        "`(input_ids, labels)` of item `index` of `task` (labels -100 where nothing is predicted)."
-        rng = np.random.default_rng([self.seed, STANDIN_TASKS.index(task), index])
-        L, V = self.seq_len, self.vocab_size
-        if task == "copy":
-            x = rng.integers(4, 4 + (V - 4) // 2, (L - 2) // 2).tolist()    # the lower half of the content tokens
-            ids = [1, 2] + x + x
-            labels = [-100] * (2 + len(x)) + x
-        else:
-            start, stride = int(rng.integers(0, V - 4)), int(rng.integers(1, 4))
-            x = [4 + (start + j * stride) % (V - 4) for j in range(L - 2)]
-            ids, labels = [1, 3] + x, [-100] * 4 + x[2:]
-        return ids, labels
-
-    def __iter__(self): return self
-
-# %% ../nbs/11_train.ipynb #ffb89eff
-def _standin_next(self: StandInData) -> dict:
-    draws = self.sampler.take(self.batch_size)
-    ex = [self.example(t, i) for t, i in draws]
-    self.batches += 1
-    batch = {"input_ids": torch.tensor([e[0] for e in ex]),                                # (B, L)
-             "labels": torch.tensor([e[1] for e in ex]),                                   # (B, L)
-             "task": torch.tensor([STANDIN_TASKS.index(t) for t, _ in draws]),             # (B,)
-             "ids": [f"{t}:{i}" for t, i in draws]}
-    if self.batches in self.poison: batch["poison"] = torch.ones(self.batch_size, dtype=torch.bool)
-    return batch
-
-def _standin_state_dict(self: StandInData) -> dict:
-    "JSON-able position in the stream."
-    return {"sampler": self.sampler.state_dict(), "batches": self.batches}
-
-def _standin_load_state_dict(self: StandInData, state: dict):
-    "Continue from `state_dict()`."
-    self.sampler.load_state_dict(state["sampler"]); self.batches = int(state["batches"])
-    return self
-
-StandInData.__next__, StandInData.state_dict, StandInData.load_state_dict = _standin_next, _standin_state_dict, _standin_load_state_dict
-
-# %% ../nbs/11_train.ipynb #962c4a8b
-def standin_model(cfg: LLMBindConfig, **kwargs) -> StandInLM:
-    "`model_fn` of the stand-in (keyword arguments go to `StandInLM`)."
-    return StandInLM(seed=cfg.train.seed, **kwargs)
-
-def standin_data(cfg: LLMBindConfig, rank: int = 0, world_size: int = 1, seed: int = 0, **kwargs) -> StandInData:
-    "`data_fn` of the stand-in: micro-batches of `cfg.train.micro_batch_size` for this rank."
-    return StandInData(batch_size=cfg.train.micro_batch_size, seed=seed, rank=rank, world_size=world_size, **kwargs)
-
-def standin_eval(model: nn.Module, cfg: LLMBindConfig, rank: int = 0, world_size: int = 1, batches: int = 2) -> dict:
-    "`eval_fn` of the stand-in: mean loss terms on held-out batches (another seed) of this rank."
-    data = StandInData(batch_size=cfg.train.micro_batch_size, seed=cfg.train.seed + 10_000, rank=rank, world_size=world_size)
-    dev = next(model.parameters()).device
-    sums: dict[str, list] = {}
-    for _ in range(batches):
-        b = next(data); b.pop("ids")
-        _, terms, _ = unpack_output(model(**{k: v.to(dev) for k, v in b.items()}))
-        for k, v in terms.items(): sums.setdefault(k, []).append(v)
-    return {k: float(np.mean(v)) for k, v in sums.items()}
 
 # %% ../nbs/11_train.ipynb #09781980
 def warmup_cosine_lr(step: int,            # optimizer step, counting from 1
@@ -954,7 +798,26 @@ def _save_final_weights(engine, out_dir: Path, rank: int, zero_stage: int, mode:
         if final.exists(): shutil.rmtree(final)
         os.replace(tmp, final); _fsync_dir(out_dir)
 
-# %% ../nbs/11_train.ipynb #11d13510
+# %% ../nbs/11_train.ipynb #7795974f
+def _open_run(cfg: LLMBindConfig, out_dir: Path, resume: bool) -> tuple:
+    "(cfg, device type, rank, world size, shm op used, (tag, trainer state, damaged)): the run of this rank, opened before anything is built."
+    from llmbind.model import resolve_checkpoint_config
+    cfg, _ = resolve_checkpoint_config(cfg)    # sizes dictated by the checkpoint folders: what the model, the data and config.json use
+    t, ckpt_dir = cfg.train, out_dir / "checkpoints"
+    device_type = device_type_for(cfg)
+    rank, world, local_rank, shm = _init_distributed(device_type)
+    import torch.distributed as dist
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))       # train.nproc counts the ranks of one node
+    if local_world != t.nproc and rank == 0:
+        warnings.warn(f"train.nproc is {t.nproc} but {local_world} ranks run on this node; the batch follows the running ranks")
+    if not resume and (ckpt_dir / LATEST).exists():
+        raise FileExistsError(f"{out_dir} already holds a run; resume it or choose another folder")
+    chosen = _choose_checkpoint(ckpt_dir, rank, world, cfg) if resume else (None, None, {})   # before building anything
+    if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return cfg, device_type, rank, world, shm, chosen
+
+# %% ../nbs/11_train.ipynb #a2ed7835
 def _build_engine(cfg: LLMBindConfig, rank: int, world: int, device_type: str, model_fn: Union[str, Callable],
                   model_kwargs: Optional[dict], ds_overrides: Optional[dict]):
     "(engine, DeepSpeed config): the model with the same initial weights on every rank, wrapped; then one random stream per rank."
@@ -969,6 +832,32 @@ def _build_engine(cfg: LLMBindConfig, rank: int, world: int, device_type: str, m
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer_for(model, t, device_type), config=ds_cfg)
     return engine, ds_cfg
 
+# %% ../nbs/11_train.ipynb #ec1d3271
+def _optimizer_step(engine, data, step: int, ga: int, rank: int, log: MetricsLog, bar, max_bad_batches: int,
+                    stats_f: Optional[Callable], ckpt_dir: Path) -> tuple[dict, float, Optional[float], float, int]:
+    "Optimizer step `step` in this rank: (its numbers, the learning rate its update used, the gradient norm, seconds, batches dropped)."
+    t0 = time.perf_counter()
+    lr = float(engine.optimizer.param_groups[0]["lr"])   # what this step's update uses
+    acc, dropped = _micro_batches(engine, data, ga, step, rank, log, bar, max_bad_batches)
+    extra = {k: _to_float(v) for k, v in stats_f(engine.module).items()} if stats_f is not None else None
+    gn = _checked_grad_norm(engine, step, ckpt_dir)
+    dt = time.perf_counter() - t0
+    return _rank_numbers(acc, extra), lr, gn, dt, dropped
+
+# %% ../nbs/11_train.ipynb #253e41cb
+def _finish(engine, out_dir: Path, rank: int, zero_stage: int, save_weights: Union[bool, str], times: list, t_start: float,
+            **numbers) -> dict:
+    "The final weights, then the run's summary: `numbers`, the times, the newest checkpoint and the model folder (rank 0 writes it)."
+    import torch.distributed as dist
+    _save_final_weights(engine, out_dir, rank, zero_stage, save_weights)
+    summary = {**numbers, "time_s": time.perf_counter() - t_start,
+               "median_step_time_s": float(np.median(times)) if times else None,
+               "checkpoint": read_latest(out_dir / "checkpoints"), "model": str(out_dir / "model") if (out_dir / "model").is_dir() else None}
+    if rank == 0: write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    dist.barrier()
+    return summary
+
+# %% ../nbs/11_train.ipynb #e5a3c961
 def train(cfg: LLMBindConfig,                                  # the full config; cfg.train drives the engine
           model_fn: Union[str, Callable],                      # model_fn(cfg, **model_kwargs) -> nn.Module
           data_fn: Union[str, Callable],                       # data_fn(cfg, rank=, world_size=, seed=, **data_kwargs) -> batch iterator
@@ -992,43 +881,22 @@ def train(cfg: LLMBindConfig,                                  # the full config
     "Train on the DeepSpeed engine in this rank (started by `launch`, or a plain process as rank 0 of 1); returns a summary."
     t_setup = time.perf_counter()
     from tqdm.auto import tqdm
-    from llmbind.model import resolve_checkpoint_config
-    cfg, _ = resolve_checkpoint_config(cfg)    # sizes dictated by the checkpoint folders: what the model, the data and config.json use
-    t = cfg.train
     out_dir = Path(out_dir); ckpt_dir = out_dir / "checkpoints"
-    device_type = device_type_for(cfg)
-    rank, world, local_rank, shm = _init_distributed(device_type)
-    import torch.distributed as dist
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))       # train.nproc counts the ranks of one node
-    if local_world != t.nproc and rank == 0:
-        warnings.warn(f"train.nproc is {t.nproc} but {local_world} ranks run on this node; the batch follows the running ranks")
-    if not resume and (ckpt_dir / LATEST).exists():
-        raise FileExistsError(f"{out_dir} already holds a run; resume it or choose another folder")
-    tag, state, damaged = _choose_checkpoint(ckpt_dir, rank, world, cfg) if resume else (None, None, {})   # before building anything
-    if rank == 0: out_dir.mkdir(parents=True, exist_ok=True)
-    dist.barrier()
-
+    cfg, device_type, rank, world, shm, (tag, state, damaged) = _open_run(cfg, out_dir, resume)
+    t = cfg.train
     engine, ds_cfg = _build_engine(cfg, rank, world, device_type, model_fn, model_kwargs, ds_overrides)
     data = _resolve_fn(data_fn)(cfg, rank=rank, world_size=world, seed=t.seed, **(data_kwargs or {}))
-    eval_f, stats_f = _resolve_fn(eval_fn), _resolve_fn(stats_fn)
-    log = MetricsLog(out_dir / METRICS, enabled=rank == 0)
+    eval_f, stats_f, log = _resolve_fn(eval_fn), _resolve_fn(stats_fn), MetricsLog(out_dir / METRICS, enabled=rank == 0)
     ga, total = ds_cfg["gradient_accumulation_steps"], t.total_steps
     end = min(total, stop_after) if stop_after else total
     step = _restore(engine, data, log, ckpt_dir, tag, state, damaged, world) if resume else 0
     if rank == 0: cfg.save(out_dir / "config.json")
-
     engine.train()
     bar = tqdm(total=end, initial=step, disable=not (progress and rank == 0), desc="train", dynamic_ncols=True)
     times, skipped, last, t_start = [], 0, {}, time.perf_counter()
     while step < end:
-        t0 = time.perf_counter()
-        lr = float(engine.optimizer.param_groups[0]["lr"])   # what this step's update uses
-        acc, dropped = _micro_batches(engine, data, ga, step + 1, rank, log, bar, max_bad_batches)
-        step += 1; skipped += dropped
-        extra = {k: _to_float(v) for k, v in stats_f(engine.module).items()} if stats_f is not None else None
-        gn = _checked_grad_norm(engine, step, ckpt_dir)
-        dt = time.perf_counter() - t0; times.append(dt)
-        mine = _rank_numbers(acc, extra)
+        mine, lr, gn, dt, dropped = _optimizer_step(engine, data, step + 1, ga, rank, log, bar, max_bad_batches, stats_f, ckpt_dir)
+        step += 1; skipped += dropped; times.append(dt)
         if step % t.log_every == 0 or step == end:
             every = _gather(mine)                              # a collective: every rank takes part
             if rank == 0:
@@ -1041,15 +909,8 @@ def train(cfg: LLMBindConfig,                                  # the full config
         if step % t.save_every == 0 or step == end:
             _save_checkpoint(engine, data, cfg, ckpt_dir, step, rank, world, keep_checkpoints, crash_in_save, hold_in_save)
     bar.close()
-    _save_final_weights(engine, out_dir, rank, t.zero_stage, save_weights)
-    summary = {"step": step, "total_steps": total, "world_size": world, "device": device_type,
-               "loss": last.get("loss"), "skipped_batches": skipped, "shm_op": shm,
-               "setup_s": t_start - t_setup, "time_s": time.perf_counter() - t_start,
-               "median_step_time_s": float(np.median(times)) if times else None,
-               "checkpoint": read_latest(ckpt_dir), "model": str(out_dir / "model") if (out_dir / "model").is_dir() else None}
-    if rank == 0: write_text_atomic(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    dist.barrier()
-    return summary
+    return _finish(engine, out_dir, rank, t.zero_stage, save_weights, times, t_start, step=step, total_steps=total, world_size=world,
+                   device=device_type, loss=last.get("loss"), skipped_batches=skipped, shm_op=shm, setup_s=t_start - t_setup)
 
 # %% ../nbs/11_train.ipynb #6f7b7f0d
 _USER_ERRORS = {"ConfigError": ConfigError, "FileNotFoundError": FileNotFoundError, "FileExistsError": FileExistsError}

@@ -16,7 +16,7 @@ from llmbind.train import (launch, read_metrics, read_latest, list_checkpoints, 
                            check_overwritable, weights_only_loading, write_manifest, RunLockedError, METRICS)
 
 os.environ.setdefault("LLMBIND_DS_SHM", "cached")
-M, D = "llmbind.train:standin_model", "llmbind.train:standin_data"
+M, D = "llmbind.standin:standin_model", "llmbind.standin:standin_data"
 STEPS = 10
 PATIENCE = 600      # seconds a wait for the training processes may take before the test gives up (a hang, not a timing)
 
@@ -30,7 +30,7 @@ def config(**sets):
 LAUNCHER = """import json, sys
 from llmbind.config import LLMBindConfig
 from llmbind.train import launch
-launch(2, LLMBindConfig.from_dict(json.loads(sys.argv[2])), "llmbind.train:standin_model", "llmbind.train:standin_data",
+launch(2, LLMBindConfig.from_dict(json.loads(sys.argv[2])), "llmbind.standin:standin_model", "llmbind.standin:standin_data",
        sys.argv[1], quiet=True, progress=False, **json.loads(sys.argv[3]))
 """
 
@@ -215,7 +215,7 @@ def test_resume_refuses_an_edited_config_and_too_few_steps(faults, tmp_path):
 # --- a non-finite gradient norm ------------------------------------------------------------------------------
 def inf_grad_standin(cfg):
     "The stand-in whose LM head gets an infinite gradient on the third backward pass (step 2, grad_accum 2) of rank 0."
-    from llmbind.train import standin_model
+    from llmbind.standin import standin_model
     m, calls = standin_model(cfg), [0]
     def hook(g):
         calls[0] += 1

@@ -16,12 +16,13 @@ from safetensors.torch import load_file
 
 from llmbind.config import LLMBindConfig, ConfigError
 from llmbind.train import (launch, read_metrics, read_latest, list_checkpoints, warmup_decay_lr, train_command,
-                           METRICS, fit, batch_step, optimizer_for, standin_model, standin_data)
+                           METRICS, fit, batch_step, optimizer_for)
+from llmbind.standin import standin_model, standin_data
 
 # use DeepSpeed's compiled CPU shm op when it is cached; otherwise plain gloo instead of a minutes-long compile
 os.environ.setdefault("LLMBIND_DS_SHM", "cached")
 
-M, D, E = "llmbind.train:standin_model", "llmbind.train:standin_data", "llmbind.train:standin_eval"
+M, D, E = "llmbind.standin:standin_model", "llmbind.standin:standin_data", "llmbind.standin:standin_eval"
 STEPS, POISON_BATCH = 10, 6       # grad_accum 2: batch 6 of rank 1 is the second micro-batch of step 3
 
 
@@ -186,7 +187,7 @@ class SavingStandIn(torch.nn.Module):
     "The stand-in with a `save_pretrained` that writes its whole state dict (to see what ZeRO-3 hands it)."
     def __init__(self, cfg):
         super().__init__()
-        from llmbind.train import standin_model
+        from llmbind.standin import standin_model
         self.inner = standin_model(cfg)
     def forward(self, **batch): return self.inner(**batch)
     def save_pretrained(self, d):

@@ -233,7 +233,7 @@ def part_train(out: Path, device: str = "cpu", precision: str = "fp32"):
     from safetensors.torch import load_file
     from llmbind.config import LLMBindConfig
     from llmbind.train import launch, read_metrics, train_command
-    M, D = "llmbind.train:standin_model", "llmbind.train:standin_data"
+    M, D = "llmbind.standin:standin_model", "llmbind.standin:standin_data"
     cfg = LLMBindConfig.tiny().override("train.total_steps=20", "train.warmup_steps=4", "train.lr=1e-2",
                                         "train.micro_batch_size=4", "train.grad_accum=2", "train.save_every=5",
                                         "train.nproc=1", f"device={device}",     # the tiny preset itself says cpu, fp32
