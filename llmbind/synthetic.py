@@ -490,11 +490,12 @@ def seg_question_args(leaf: str,                  # 'seg/semantic', 'seg/referri
                       split: str,                 # train, val or test
                       phrasing: str = "templates",  # 'templates': the banks above; 'space': wordings composed from the phrasing space
                       seed: int = 0,              # picks the composed wordings (phrasing 'space' only)
+                      variety: Optional[int] = None,  # phrasing 'space', training split: first parts and frames only (`compose_request`)
                      ) -> dict:
     "The reader's question-bank arguments for a segmentation leaf and split, e.g. {'questions': [...]}."
     _check_split(split)
     if leaf not in SEG_BANKS: raise KeyError(f"{leaf!r} is not a segmentation leaf (use one of {', '.join(SEG_BANKS)})")
-    if phrasing == "space": return {k: phrasing_bank(task, split, seed=seed) for k, task in _SEG_SPACES[leaf].items()}
+    if phrasing == "space": return {k: phrasing_bank(task, split, seed=seed, variety=variety) for k, task in _SEG_SPACES[leaf].items()}
     if phrasing != "templates": raise ValueError(f"unknown phrasing {phrasing!r} (use 'templates' or 'space')")
     return {k: split_templates(bank, split) for k, bank in SEG_BANKS[leaf].items()}
 
@@ -582,29 +583,47 @@ _OPTIONAL_P = 0.5          # chance that an optional slot (one whose training pa
 def _slots(template: str) -> list[str]:
     return list(dict.fromkeys(f for f in _SLOT_RE.findall(template) if f in PHRASE_PARTS))
 
-def _members(family: str, splits: Sequence[str]) -> list[str]:
-    return [t for s in splits for t in PHRASE_PARTS[family][s]]
+def _split_parts(family: str, split: str, variety: Optional[int] = None) -> tuple:
+    "A family's parts of one split; with `variety`, the training split keeps its first `variety` parts (and the empty one)."
+    parts = PHRASE_PARTS[family][split]
+    if variety is None or split != "train": return parts
+    return tuple([p for p in parts if not p] + [p for p in parts if p][:variety])
+
+def _members(family: str, splits: Sequence[str], variety: Optional[int] = None) -> list[str]:
+    return [t for s in splits for t in _split_parts(family, s, variety)]
 
 def _sentence_case(s: str) -> str:
     s = s[:1].upper() + s[1:]
     return re.sub(r"([.!?] )([a-z])", lambda m: m.group(1) + m.group(2).upper(), s)
 
+def _split_frames(task: str, split: str, variety: Optional[int] = None) -> tuple:
+    "A task's frames of one split; with `variety`, the training split keeps its first `variety` frames."
+    frames = PHRASE_FRAMES[task][split]
+    return frames if variety is None or split != "train" else frames[:variety]
+
+def _check_variety(variety):
+    if variety is not None and (isinstance(variety, bool) or not isinstance(variety, int) or variety < 1):
+        raise ValueError(f"variety must be None (every training wording) or an integer >= 1, got {variety!r}")
+
 @functools.lru_cache(maxsize=None)
-def _frame_weights(task: str, split: str) -> tuple[list, list]:
+def _frame_weights(task: str, split: str, variety: Optional[int] = None) -> tuple[list, list]:
     "The frames a split may use, weighted by the square root of the wordings each can make (big frames are drawn more often)."
+    if split != "train": variety = None                  # val and test keep every wording: their sets compare across varieties
     splits = ("train",) if split == "train" else ("train", split)
-    frames = [(k, t, s) for s in splits for k, t in PHRASE_FRAMES[task][s]]
-    return frames, [math.prod(len(_members(f, splits)) for f in _slots(t)) ** 0.5 for _, t, _ in frames]
+    frames = [(k, t, s) for s in splits for k, t in _split_frames(task, s, variety)]
+    return frames, [math.prod(len(_members(f, splits, variety)) for f in _slots(t)) ** 0.5 for _, t, _ in frames]
 
 def compose_request(task: str,             # a key of PHRASE_FRAMES, e.g. 'gen', 'edit/move', 'vqa/colour', 'chat'
                     split: str,            # train: training parts only; val/test: training parts and at least one of the split's own
                     rng: random.Random,
+                    variety: Optional[int] = None,  # training split only: its first `variety` parts per family and frames per task
                    ) -> tuple[str, str, list]:
     "(template, kind, labels): one wording of a request; content placeholders ({x}, {np}...) stay; labels are (family, part, split)."
-    _check_split(split)
+    _check_split(split); _check_variety(variety)
     if task not in PHRASE_FRAMES: raise KeyError(f"no phrasing space for {task!r} (known: {', '.join(PHRASE_FRAMES)})")
+    if split != "train": variety = None
     frames, splits = PHRASE_FRAMES[task], ("train",) if split == "train" else ("train", split)
-    kind, t, fsplit = rng.choices(*_frame_weights(task, split))[0]
+    kind, t, fsplit = rng.choices(*_frame_weights(task, split, variety))[0]
     forced = None
     if fsplit != split:                                  # a training frame in val/test: one slot takes a part of the split
         held = [f for f in _slots(t) if PHRASE_PARTS[f][split]]
@@ -614,7 +633,7 @@ def compose_request(task: str,             # a key of PHRASE_FRAMES, e.g. 'gen',
     for f in _slots(t):
         if f == forced: part = rng.choice(PHRASE_PARTS[f][split])
         else:
-            pool = _members(f, splits)
+            pool = _members(f, splits, variety)
             part = "" if "" in pool and rng.random() < _OPTIONAL_P else rng.choice([p for p in pool if p])
         fill[f] = part
         if part: labels.append((f, part, _PART_SPLIT[f, part]))
@@ -779,11 +798,15 @@ PHRASE_FRAMES["chat"] = _frames(   # the kind of a chat frame is its intent
      ("favourite", "{open}which shape do you like best?{tail}")))
 
 # %% ../nbs/09_synthetic.ipynb #ph801dd3
-def phrasing_space_size(task: Optional[str] = None) -> dict:
+def phrasing_space_size(task: Optional[str] = None,
+                        variety: Optional[int] = None,   # count the training wordings of this variety (val and test as they are)
+                       ) -> dict:
     "Distinct wordings `compose_request` can make, {task: {split: n}} (or {split: n} for one task); content not counted."
-    def count(t, splits): return math.prod(len(_members(f, splits)) for f in _slots(t))
+    _check_variety(variety)
+    def count(t, splits, v=None): return math.prod(len(_members(f, splits, v)) for f in _slots(t))
     def one(task):
         fr = PHRASE_FRAMES[task]
+        if variety is not None: return {"train": sum(count(t, ("train",), variety) for _, t in _split_frames(task, "train", variety))}
         train = sum(count(t, ("train",)) for _, t in fr["train"])
         return {"train": train, **{s: sum(count(t, ("train", s)) for sp in ("train", s) for _, t in fr[sp]) - train for s in SPLITS[1:]}}
     if task is not None:
@@ -818,12 +841,13 @@ def phrasing_leaks() -> list[tuple[str, str, str]]:
 
 SPACE_BANK_SIZE = 200      # question templates per split that the segmentation readers get from the phrasing space
 
-def phrasing_bank(task: str, split: str, n: int = SPACE_BANK_SIZE, seed: int = 0, labels: bool = False) -> list:
+def phrasing_bank(task: str, split: str, n: int = SPACE_BANK_SIZE, seed: int = 0, labels: bool = False,
+                  variety: Optional[int] = None) -> list:
     "Up to n distinct wordings of a task for a split (a pure function of the arguments); with labels: (template, labels) pairs."
     rng, out = sample_rng(seed, "phrasing", task, split), {}
     for _ in range(50 * n):
         if len(out) >= n: break
-        t, _, lab = compose_request(task, split, rng)
+        t, _, lab = compose_request(task, split, rng, variety)
         out.setdefault(t, lab)
     return list(out.items()) if labels else list(out)
 
@@ -833,6 +857,7 @@ _BANK_TASK = {GEN_REQUESTS: "gen", NEW_GEN_FOLLOWUPS: "gen/new", AUDIO_REQUESTS:
               REASON_SENTENCES: "reason/sentence", SEG_QUESTIONS: "seg", SEMANTIC_SEG_QUESTIONS: "seg/semantic", LONG_SEG_QUESTIONS: "seg/long",
               **{b: f"edit/{k}" for k, b in EDIT_REQUESTS.items()}, **{b: f"vqa/{k}" for k, b in VQA_QUESTIONS.items()}}
 _PARTS_LOG = contextvars.ContextVar("llmbind_shapes_parts", default=None)   # a list while a ShapesWorld in the phrasing space makes a record
+_VARIETY = contextvars.ContextVar("llmbind_shapes_variety", default=None)    # the ShapesWorld's `variety` while it makes a record
 
 def _space_pick(rng: random.Random, bank: Sequence, split: str):
     "What `_pick` returns for `bank`, composed in the phrasing space (banks without one, the reasoning phrases: a template)."
@@ -841,7 +866,7 @@ def _space_pick(rng: random.Random, bank: Sequence, split: str):
         t = rng.choice(split_templates(bank, split))
         _PARTS_LOG.get().append((t, [("template", t, split)]))
         return t
-    t, kind, labels = compose_request(task, split, rng)
+    t, kind, labels = compose_request(task, split, rng, _VARIETY.get())
     _PARTS_LOG.get().append((t, labels))
     if bank is CHAT_TURNS: return t, CHAT_ANSWERS[kind]
     return (kind, t) if any(bank is b for b in (GEN_REQUESTS, AUDIO_REQUESTS, VIDEO_REQUESTS)) else t
@@ -1192,11 +1217,14 @@ class ShapesWorld:
     seed: int = 0
     templates: Optional[str] = None     # the split whose prompt templates every record uses (None: each split its own)
     phrasing: str = "templates"         # 'templates': user turns from the template banks; 'space': composed from the phrasing space
+    variety: Optional[int] = None       # phrasing 'space': the training split's first `variety` parts per family and frames per task
 
     def __post_init__(self):
         self.kinds = tuple(self.kinds)
         if self.templates is not None: _check_split(self.templates)
         if self.phrasing not in PHRASINGS: raise ValueError(f"unknown phrasing {self.phrasing!r} (use one of {', '.join(PHRASINGS)})")
+        _check_variety(self.variety)
+        if self.variety is not None and self.phrasing != "space": raise ValueError("variety limits the phrasing space; use it with phrasing='space'")
         if isinstance(self.image_size, bool) or not isinstance(self.image_size, int) or self.image_size < 32:
             raise ValueError(f"image_size must be an integer >= 32, got {self.image_size!r}")
         bad = [k for k in self.kinds if k not in SHAPES]
@@ -1222,12 +1250,12 @@ def record(self: ShapesWorld, leaf: str, split: str, i: int) -> dict:
     _check_split(split)
     rng = sample_rng(self.seed, split, leaf, i)
     log = [] if self.phrasing == "space" else None      # the wordings composed for this record, with their labels
-    token, log_token = _TEMPLATES.set(self.templates), _PARTS_LOG.set(log)
+    token, log_token, v_token = _TEMPLATES.set(self.templates), _PARTS_LOG.set(log), _VARIETY.set(self.variety)
     try:
         if leaf in _MAKERS: rec = _MAKERS[leaf](rng, split, self.image_size, self.kinds)
         elif leaf in _TEXT_MAKERS: rec = _TEXT_MAKERS[leaf](rng, split, self.kinds)
         else: raise KeyError(f"unknown leaf {leaf!r} (known: {', '.join(LEAVES)})")
-    finally: _TEMPLATES.reset(token); _PARTS_LOG.reset(log_token)
+    finally: _TEMPLATES.reset(token); _PARTS_LOG.reset(log_token); _VARIETY.reset(v_token)
     rec = {"id": f"{leaf_task(leaf)}_{split}_{i:05d}", **rec}
     if log is not None: rec["parts"] = _turn_parts(rec, log)     # one label list per user turn (and reasoning text)
     return rec
@@ -1277,7 +1305,7 @@ def _write_semantic(world, recs, split, root: Path) -> dict:
     return {"format": "ade20k", "reader": "read_semantic", "files": ["ade_shapes/classes.txt", f"ade_shapes/images/{split}",
                                                                      f"ade_shapes/annotations/{split}"],
             "args": {"root": "ade_shapes", "classes": "ade_shapes/classes.txt", "image_dir": f"images/{split}",
-                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split, world.phrasing, world.seed)}}
+                     "label_dir": f"annotations/{split}", "reduce_zero_label": True, **seg_question_args("seg/semantic", world.templates or split, world.phrasing, world.seed, world.variety)}}
 
 # %% ../nbs/09_synthetic.ipynb #6be71b72
 def _write_reasoning(world, recs, split, root: Path) -> dict:
@@ -1291,7 +1319,7 @@ def _write_reasoning(world, recs, split, root: Path) -> dict:
                                 "group_id": None, "points": pts}],
                     "imagePath": name, "imageHeight": sc.size, "imageWidth": sc.size}, folder / f"{r['id']}.json")
     return {"format": "reasonseg", "reader": "read_reasonseg", "files": [f"reason_seg/{split}"],
-            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split, world.phrasing, world.seed)}}
+            "args": {"folder": f"reason_seg/{split}", **seg_question_args("seg/reasoning", world.templates or split, world.phrasing, world.seed, world.variety)}}
 
 # %% ../nbs/09_synthetic.ipynb #5c672599
 def _write_grounded(world, recs, split, root: Path, leaf: str) -> dict:
@@ -1337,7 +1365,7 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
                     "files": ["refshapes/refs(shapes).json", "refshapes/instances.json", "refshapes/images"],
                     "args": {"refs": "refshapes/refs(shapes).json", "instances": "refshapes/instances.json",
                              "image_dir": "refshapes/images", "split": split, "rounds_per_sample": 3,
-                             **seg_question_args("seg/referring", world.templates or split, world.phrasing, world.seed)}}
+                             **seg_question_args("seg/referring", world.templates or split, world.phrasing, world.seed, world.variety)}}
             for split in recs_by_split}
 
 # %% ../nbs/09_synthetic.ipynb #d0f5de47
@@ -1388,11 +1416,12 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
                        kinds: Optional[Sequence[str]] = None,  # default: the config's segment.class_names, else SHAPES
                        templates: Optional[str] = None,    # the split whose prompt templates every record uses (None: its own)
                        phrasing: str = "templates",        # 'space': user turns composed from the phrasing space (see PHRASE_FRAMES)
+                       variety: Optional[int] = None,      # phrasing 'space': fewer training wordings (see `ShapesWorld`); val and test unchanged
                       ) -> dict:
     "Generate the shapes world and write every leaf in its real file format; returns (and saves) the index."
     is_cfg = isinstance(getattr(cfg_or_sizes, "data", cfg_or_sizes), DataConfig)
     world = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
-    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed, templates, phrasing)
+    world = ShapesWorld(image_size or world.image_size, tuple(kinds) if kinds else world.kinds, seed, templates, phrasing, variety)
     sizes = resolve_sizes(cfg_or_sizes)
     out = Path(out_dir)
     _prepare_dir(out)
@@ -1419,6 +1448,7 @@ def write_shapes_world(out_dir,                     # folder to write (empty, ne
              "kinds": list(world.kinds), "sizes": sizes, "leaves": entries}
     if templates is not None: index["templates"] = templates        # only then: a usual world's files stay as they were
     if phrasing != "templates": index["phrasing"] = phrasing
+    if variety is not None: index["variety"] = variety
     _dump_json(index, out / "index.json")
     index["seconds"] = round(time.perf_counter() - t0, 2)           # not saved: the files stay byte-identical
     return index
@@ -1457,8 +1487,9 @@ def load_shapes_world(out_dir,                          # a folder written by wr
 
 # %% ../nbs/09_synthetic.ipynb #e47a8a3e
 def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Optional[int] = None,
-                        kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None, phrasing: str = "templates") -> dict:
-    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds, templates, phrasing)."
+                        kinds: Optional[Sequence[str]] = None, templates: Optional[str] = None, phrasing: str = "templates",
+                        variety: Optional[int] = None) -> dict:
+    "`write_shapes_world` unless `out_dir` already holds the very same world (same sizes, seed, image size, kinds, templates, phrasing, variety)."
     out = Path(out_dir)
     try: old = _read_index(out)
     except (FileNotFoundError, ValueError): old = None
@@ -1466,8 +1497,9 @@ def ensure_shapes_world(out_dir, cfg_or_sizes=200, seed: int = 0, image_size: Op
     w = ShapesWorld.from_config(cfg_or_sizes, seed) if is_cfg else ShapesWorld(seed=seed)
     want = {"seed": seed, "image_size": image_size or w.image_size, "kinds": list(kinds or w.kinds),
             "sizes": resolve_sizes(cfg_or_sizes), "templates": templates}
-    if old is not None and all(old.get(k) == v for k, v in want.items()) and old.get("phrasing", "templates") == phrasing: return old
-    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds, templates, phrasing)
+    same = old is not None and all(old.get(k) == v for k, v in want.items())
+    if same and old.get("phrasing", "templates") == phrasing and old.get("variety") == variety: return old
+    return write_shapes_world(out, cfg_or_sizes, seed, image_size, kinds, templates, phrasing, variety)
 
 def tree_digest(folder) -> str:
     "SHA-256 over every file's relative path and bytes, in sorted order."

@@ -201,3 +201,49 @@ def test_byte_identical_across_processes(world_dir, tmp_path):
     env = {**os.environ, "PYTHONHASHSEED": "777", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "again")], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip().splitlines()[-1] == tree_digest(world_dir)
+
+
+# ----------------------------------------------------------------------------- variety: fewer training wordings
+def test_variety_keeps_the_first_training_parts_and_frames():
+    "variety=k: every training wording uses only the first k parts of each family (plus the empty one) and the first k frames."
+    for k in (1, 2):
+        w = ShapesWorld(seed=3, phrasing="space", variety=k)
+        allowed = {f: {p for p in by["train"] if not p} | set([p for p in by["train"] if p][:k]) for f, by in PHRASE_PARTS.items()}
+        frames = {f"{t}/frame": {tpl for _, tpl in fr["train"][:k]} for t, fr in PHRASE_FRAMES.items()}
+        seen = Counter()
+        for leaf in LEAVES:
+            for i in range(N):
+                for labels in w.record(leaf, "train", i)["parts"]:
+                    for fam, part, split in labels:
+                        if fam == "template": continue
+                        assert split == "train"
+                        assert part in (frames[fam] if fam.endswith("/frame") else allowed[fam]), (k, fam, part)
+                        seen[fam] += 1
+        assert seen["gen_verb"] > 0 and seen["gen/frame"] > 0             # the check saw composed requests
+
+
+def test_variety_counts_and_leaves_val_and_test_alone(tmp_path):
+    sizes = [sum(phrasing_space_size(variety=k)[t]["train"] for t in PHRASE_FRAMES) for k in (1, 2, 4)]
+    full = sum(v["train"] for v in phrasing_space_size().values())
+    assert sizes == sorted(sizes) and sizes[-1] < full and sizes[0] >= len(PHRASE_FRAMES)
+    a, b = ShapesWorld(seed=5, phrasing="space", variety=1), ShapesWorld(seed=5, phrasing="space")
+    for leaf in LEAVES:
+        for sp in ("val", "test"):
+            assert [a.record(leaf, sp, i) for i in range(8)] == [b.record(leaf, sp, i) for i in range(8)]
+    assert [a.record("interactive/image_gen", "train", i) for i in range(8)] != [b.record("interactive/image_gen", "train", i) for i in range(8)]
+    small = {"train": 4, "val": 2, "test": 2}
+    write_shapes_world(tmp_path / "v1", small, seed=5, phrasing="space", variety=1)
+    write_shapes_world(tmp_path / "v0", small, seed=5, phrasing="space")
+    idx = json.loads((tmp_path / "v1" / "index.json").read_text())
+    assert idx["variety"] == 1 and "variety" not in json.loads((tmp_path / "v0" / "index.json").read_text())
+    v1, v0 = load_shapes_world(tmp_path / "v1", "test"), load_shapes_world(tmp_path / "v0", "test")
+    assert all([s.messages for s in v1[l]] == [s.messages for s in v0[l]] for l in v0)
+    assert ensure_shapes_world(tmp_path / "v1", small, seed=5, phrasing="space", variety=1)["variety"] == 1   # kept, not rewritten
+    assert "variety" not in ensure_shapes_world(tmp_path / "v1", small, seed=5, phrasing="space")             # rewritten without it
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_variety_errors(bad):
+    with pytest.raises(ValueError, match="variety"): ShapesWorld(phrasing="space", variety=bad)
+    with pytest.raises(ValueError, match="variety"): compose_request("gen", "train", sample_rng(0, "x"), bad)
+    with pytest.raises(ValueError, match="phrasing"): ShapesWorld(variety=1)
