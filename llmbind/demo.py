@@ -14,7 +14,7 @@ from torch import nn
 from .config import LLMBindConfig, ChatConfig, UserError, paper_mixture
 from .tokens import IMAGE_TOKEN, render_chat, task_token_strings, parse_response, tiny_tokenizer, add_task_tokens
 from .data import Sample
-from .synthetic import ensure_shapes_world, load_shapes_world
+from .synthetic import ensure_shapes_world, load_shapes_world, phrasing_space_size
 from .model import LLMBindForCausalLM, build_tokenizer
 from .moe import routing_stats, lora_moe_layers
 from .train import FitStep, fit, warmup_cosine_lr
@@ -29,7 +29,7 @@ __all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COP
            'SET_NAMES', 'VIEWS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample',
            'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a', 'pretrain_sam',
            'demo_eval_settings', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions',
-           'demo_targets', 'write_report', 'run_demo', 'demo_command']
+           'demo_targets', 'write_report', 'run_demo', 'demo_command', 'variety_curve', 'plot_variety_curve']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -626,3 +626,66 @@ def demo_command(argv: Sequence[str]) -> int:
     print(f"wall time {r['wall_time_s']:.0f}s")
     print(f"report: {out / 'report.md'}")
     return 0
+
+# %% ../nbs/11a_demo.ipynb #59837c09
+def _curve_point(report: dict, variety) -> dict:
+    "What the curve keeps of one run's evaluation: dispatch and prompt exact match per test set, all and first turns."
+    row = {"variety": variety, "training_wordings": sum(v["train"] for v in phrasing_space_size(variety=variety).values())}
+    for name, r in report["sets"].items():
+        for view, x in (("all", r), ("first", r.get("first_turns") or {})):
+            row[f"{name}/{view}/dispatch"] = x.get("dispatch_accuracy")
+            row[f"{name}/{view}/exact"] = x.get("prompt_exact_match")
+        row[f"{name}/by_kind"] = r["dispatch_accuracy_by_kind"]
+    return row
+
+def variety_curve(base_run,                      # a finished `llmbind demo --phrasing space` run: its stage-A base, tokenizer and test sets
+                  out_dir,                       # one run folder per variety (v1, v2, ...) and curve.json
+                  varieties: Sequence = (1, 2, 4),   # training parts per family and frames per task (`ShapesWorld`); None: the base run itself
+                  nproc: int = 2, progress: bool = True) -> list[dict]:
+    "Stage B again on worlds with fewer training wordings, from the base run's stage A; each scored on the base run's test sets."
+    base, out = Path(base_run), Path(out_dir)
+    report = json.loads((base / "report.json").read_text())
+    index = json.loads((base / "data" / "index.json").read_text())
+    if index.get("phrasing") != "space": raise ValueError(f"{base} is not a run in the phrasing space; run `llmbind demo --phrasing space` first")
+    seed, steps_b = report["config"]["train"]["seed"], report["config"]["train"]["total_steps"]
+    if not (base / "stage_a" / "llm").is_dir(): raise FileNotFoundError(f"{base} has no stage-A base (stage_a/llm)")
+    settings = dict(report["evaluation"]["settings"], free_running=False)
+    settings["sets"] = {n: [str((base / d).resolve()), s] for n, (d, s) in settings["sets"].items()}
+    rows = []
+    for v in varieties:
+        if v is None: rows.append(_curve_point(report["evaluation"], None)); continue
+        run = out / f"v{v}"
+        if run.exists() and (run / "curve_point.json").is_file(): rows.append(json.loads((run / "curve_point.json").read_text())); continue
+        cfg = LLMBindConfig.from_dict(report["config"]).override(      # the base run's stage B, but for its data and folders
+            f"data.data_dir={(run / 'data').resolve()}", f"train.output_dir={(run / 'stage_b').resolve()}",
+            f"llm.pretrained_path={(base / 'stage_a' / 'llm').resolve()}", f"llm.tokenizer_path={(base / 'tokenizer').resolve()}")
+        ensure_shapes_world(cfg.data.data_dir, index["sizes"], seed=seed, image_size=cfg.data.image_size,
+                            kinds=cfg.segment.class_names, phrasing="space", variety=v)
+        if progress: print(f"variety {v}: stage B ({steps_b} steps)", file=sys.stderr, flush=True)
+        _run_stage_b(cfg, run, nproc, progress)
+        model_fn(cfg, weights=str(run / "stage_b" / "model.safetensors")).save_pretrained(run / "model")
+        row = _curve_point(sets_summary(evaluate_sets(run, settings, progress=False, jobs=2)), v)
+        (run / "curve_point.json").write_text(json.dumps(row, indent=1) + "\n")
+        rows.append(row)
+    rows.sort(key=lambda r: r["training_wordings"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "curve.json").write_text(json.dumps({"base_run": str(base.resolve()), "rows": rows}, indent=1) + "\n")
+    return rows
+
+# %% ../nbs/11a_demo.ipynb #4847c1b0
+def plot_variety_curve(rows: list[dict], path=None):
+    "Held-out dispatch and prompt exact match against the number of distinct training wordings (log scale); saved to `path` if given."
+    import matplotlib.pyplot as plt
+    x = [r["training_wordings"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    for key, label, style in (("test/all/dispatch", "dispatch, held-out wordings", "o-"), ("test/all/exact", "prompt exact match, held-out wordings", "s-"),
+                              ("pairs/all/dispatch", "dispatch, training wordings", "o--")):
+        ys = [r.get(key) for r in rows]
+        if any(y is not None for y in ys): ax.plot(x, [100 * y if y is not None else float("nan") for y in ys], style, label=label)
+    for r in rows: ax.annotate("all" if r["variety"] is None else f"k={r['variety']}", (r["training_wordings"], 100 * r["test/all/dispatch"]),
+                               textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set(xscale="log", xlabel="distinct training wordings (all tasks)", ylabel="%", ylim=(0, 100),
+           title="Reading new wordings grows with the variety of the training requests")
+    ax.grid(alpha=0.3); ax.legend(fontsize=8, loc="lower right"); fig.tight_layout()
+    if path is not None: fig.savefig(path, dpi=110); plt.close(fig)
+    return fig
