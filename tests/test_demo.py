@@ -41,6 +41,10 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert again["sets"] == sets
     assert "the same numbers as report.json" in capsys.readouterr().out
     shutil.move(moved, out)
+    # tools/probe_requests.py reads the run: every hand-worded request answered and scored
+    r = _tool("probe_requests").probe(out, max_new_tokens=8)
+    assert r["n"] == 52 and sum(b for _, b in r["by_kind"].values()) == 52 and 0 <= r["dispatch"] <= 1
+    assert len(r["misses"]) == 52 - sum(a for a, _ in r["by_kind"].values())
     # `llmbind train` trains the real model on the demo's world and base: its stage-B config, other settings
     more = tmp_path / "more"
     assert cli_main(["train", "--config", str(out / "stage_b" / "config.json"), "--steps", "2", "--nproc", "1",
@@ -65,6 +69,26 @@ def test_demo_bad_arguments(tmp_path):
     with pytest.raises(UserError, match="--steps-a"): demo_command(["--out", str(tmp_path / "x"), "--steps-a", "0"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file"): demo_command(["--out", str(tmp_path / "f")])
+
+def _tool(name):
+    "A script of tools/ as a module."
+    import importlib.util, pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path); mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+def test_probe_requests_scoring(tmp_path):
+    "tools/probe_requests.py: the right first call (no call for VQA/chat), the prompt compared case-folded, spaces collapsed."
+    m = _tool("probe_requests")
+    assert m.score("gen", "a red star", "Sure: <gen>  A Red star </gen>") == (True, True)
+    assert m.score("gen", "a red star", "Sure: <gen> a blue star </gen>") == (True, False)
+    assert m.score("gen", "a red star", "Here: <vid_cap> a red star </vid_cap>") == (False, False)
+    assert m.score("det", None, "It is <seg>.") == (False, None) and m.score("det", None, "Sure, <det>.") == (True, None)
+    assert m.score("none", None, "Good morning to you too.") == (True, None)
+    assert m.score("none", None, "Here: <gen> a red star </gen>") == (False, None)
+    assert {k for _, k, _, _ in m.cases(None)} == {"gen", "audio", "video", "seg", "det", "cls", "none"} and len(m.cases(None)) == 52
+    with pytest.raises(SystemExit, match="no model/ folder"): m.probe(tmp_path)
 
 def test_induction_lr_script(capsys):
     "tools/induction_lr.py runs a few steps per learning rate and prints one table row per checkpoint."
