@@ -92,10 +92,7 @@ def test_probe_requests_scoring(tmp_path):
 
 def test_induction_lr_script(capsys):
     "tools/induction_lr.py runs a few steps per learning rate and prints one table row per checkpoint."
-    import importlib.util, pathlib
-    path = pathlib.Path(__file__).resolve().parent.parent / "tools" / "induction_lr.py"
-    spec = importlib.util.spec_from_file_location("induction_lr", path); mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _tool("induction_lr")
     mod.main(["--lrs", "1e-3", "3e-3", "--steps", "4", "--every", "2", "--batch", "4"])
     out = capsys.readouterr().out.splitlines()
     assert out[0] == "| step | lr 0.001 | lr 0.003 |"
