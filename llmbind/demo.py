@@ -25,11 +25,12 @@ from .evaluate import (TARGETS, evaluate_model, evaluate_sets, sets_summary, sum
                               plot_confusion)
 
 # %% auto #0
-__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS', 'EVAL_PER_LEAF',
-           'SET_NAMES', 'VIEWS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags', 'plain_sample',
-           'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a', 'pretrain_sam',
-           'demo_eval_settings', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions',
-           'demo_targets', 'write_report', 'run_demo', 'demo_command', 'variety_curve', 'plot_variety_curve']
+__all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS', 'MASK_SIDE_LEAVES',
+           'EVAL_PER_LEAF', 'SET_NAMES', 'VIEWS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags',
+           'plain_sample', 'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a',
+           'pretrain_sam', 'seg_states', 'mask_logits', 'cached_ciou', 'fit_mask_side', 'demo_eval_settings',
+           'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions', 'demo_targets',
+           'write_report', 'run_demo', 'demo_command', 'variety_curve', 'plot_variety_curve']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -61,7 +62,7 @@ def demo_config(out_dir, steps_b: int = 500, quick: bool = False, seed: int = 0,
         "train.grad_accum=1", "train.zero_stage=2", f"train.seed={seed}", "train.log_every=5",
         f"train.eval_every={steps_b}", f"train.save_every={steps_b}", f"train.output_dir={out / 'stage_b'}",
         f"data.data_dir={out / 'data'}", f"llm.pretrained_path={out / 'stage_a' / 'llm'}",
-        "llm.num_layers=2")
+        "llm.num_layers=2", "segment.encoder_patch_size=4")
     if own_tokenizer: cfg = cfg.override(f"llm.tokenizer_path={out / 'tokenizer'}")
     d = cfg.to_dict(); d["data"]["mix"] = demo_mixture()
     return LLMBindConfig.from_dict(d)
@@ -333,6 +334,86 @@ def pretrain_sam(model, data_dir, steps: int = 300, batch_size: int = 32, lr: fl
             "loss": float(np.mean(losses[-20:])) if losses else None, "train_encoder": train_encoder,
             "val_point_ciou": inter / union if union else None, "val_masks": len(vp)}
 
+# %% ../nbs/11a_demo.ipynb #31362a6c
+MASK_SIDE_LEAVES = ("seg/semantic", "seg/referring", "seg/reasoning")
+
+@torch.no_grad()
+def seg_states(model, data_dir, split: str = "train", leaves: Sequence[str] = MASK_SIDE_LEAVES,
+               records: Optional[int] = None,   # at most this many records per leaf (None: all)
+               batch_size: int = 16, seed: int = 0) -> dict:
+    "Every `<seg>` of a split's segmentation records, teacher-forced: states (N, D), SAM embeddings (N, c, h, w), masks (N, H, W), asks."
+    from llmbind.segment import gather_embedding_states
+    world = load_shapes_world(data_dir, split, leaves=list(leaves), seed=seed)
+    collate = chat_collator(model.cfg, model.tokenizer)
+    S, E, M, asks = [], [], [], []
+    was = model.training; model.eval()
+    for leaf in leaves:
+        samples = [s.load() for s in list(world.get(leaf, []))[:records]]
+        for a in range(0, len(samples), batch_size):
+            part = samples[a:a + batch_size]
+            b = collate(part)
+            o = model(**{k: v for k, v in b.items() if k not in ("labels", "ids", "sources", "truncated", "dropped")})
+            states = gather_embedding_states(o.hidden_states, o.token_ids, model.seg_token_id)
+            emb = model.segment.encode_images(b["sam_images"])
+            for r, s in enumerate(part):
+                user = [m["content"] for m in s.messages if m["role"] == "user"]
+                for j in range(len(states[r])):
+                    S.append(states[r][j]); E.append(emb[r]); M.append(b["masks"][r][j].float())
+                    asks.append((leaf, user[j] if j < len(user) else ""))
+    model.train(was)
+    if not S: raise ValueError(f"no <seg> answers in the {split} split of {data_dir} (leaves {list(leaves)})")
+    return {"states": torch.stack(S), "embeddings": torch.stack(E), "masks": torch.stack(M), "asks": asks}
+
+def mask_logits(model, states, embeddings, mask_shape) -> torch.Tensor:
+    "(N, H, W) mask logits of cached `<seg>` states: `text_hidden_fcs`, then SAM's mask decoder on the cached image embeddings."
+    from llmbind.segment import decode_masks
+    size = model.cfg.segment.image_size
+    prompts = model.segment.text_hidden_fcs(states)
+    lo = decode_masks(model.segment.sam, embeddings, [p[None] for p in prompts], [(size, size)] * len(states),
+                      [tuple(mask_shape)] * len(states), batched=True)
+    return torch.stack([m[0] for m in lo])
+
+@torch.no_grad()
+def cached_ciou(model, cache: dict, chunk: int = 64) -> float:
+    "cIoU (total intersection over total union) of the masks decoded from a `seg_states` cache."
+    inter = union = 0.0
+    for a in range(0, len(cache["states"]), chunk):
+        g = cache["masks"][a:a + chunk].bool()
+        p = mask_logits(model, cache["states"][a:a + chunk], cache["embeddings"][a:a + chunk], g.shape[1:]) > 0
+        inter += float((p & g).sum()); union += float((p | g).sum())
+    return inter / union if union else float("nan")
+
+def fit_mask_side(model, data_dir, steps: int = 1000, batch_size: int = 32, lr: float = 3e-3, seed: int = 0,
+                  records: Optional[int] = None,     # training records per segmentation leaf (None: all)
+                  cache: Optional[dict] = None,      # a `seg_states` cache to use instead of building one
+                  progress: bool = False, log_every: int = 250) -> dict:
+    "Stage C: `text_hidden_fcs` and SAM's mask decoder (what stage B trains of them) fitted alone on cached `<seg>` states, in place."
+    from llmbind.losses import dice_loss, sigmoid_bce_loss
+    t0 = time.perf_counter()
+    cache = seg_states(model, data_dir, "train", records=records, seed=seed) if cache is None else cache
+    params = [p for p in (*model.segment.text_hidden_fcs.parameters(), *model.segment.sam.mask_decoder.parameters()) if p.requires_grad]
+    if not params: raise ValueError("neither text_hidden_fcs nor the mask decoder is trainable in this model (see its freezing)")
+    S, E, M = cache["states"], cache["embeddings"], cache["masks"]
+    before = cached_ciou(model, cache)
+    g = torch.Generator().manual_seed(seed)
+    lw = model.cfg.loss
+
+    def step(_: int):
+        i = torch.randint(0, len(S), (batch_size,), generator=g)
+        pred = mask_logits(model, S[i], E[i], M.shape[1:])
+        return lw.bce_weight * sigmoid_bce_loss(pred, M[i], batch_size) + lw.dice_weight * dice_loss(pred, M[i], batch_size)
+
+    def say(r: FitStep):
+        if progress: print(f"stage C step {r.step}/{steps} mask loss {r.loss:.3f} ({r.time_s:.0f}s)", file=sys.stderr, flush=True)
+    was = model.training; model.train()
+    res = fit(step, params, steps, lr=lr, weight_decay=0.0, schedule=lambda s: warmup_cosine_lr(s, lr, min(20, steps), steps),
+              log=say, log_every=log_every)
+    model.train(was)
+    for p in params: p.grad = None
+    return {"steps": steps, "states": len(S), "batch_size": batch_size, "lr": lr, "time_s": time.perf_counter() - t0,
+            "loss": float(np.mean(res["losses"][-50:])) if res["losses"] else None,
+            "train_ciou_before": before, "train_ciou_after": cached_ciou(model, cache)}
+
 # %% ../nbs/11a_demo.ipynb #fe392974
 EVAL_PER_LEAF = {"seg/semantic": 8, "seg/referring": 40, "seg/reasoning": 8, "vqa": 24, "interactive/image_gen": 16,
                  "interactive/image_edit": 16, "interactive/audio": 16, "interactive/video": 16, "det": 12, "cls": 12}
@@ -462,7 +543,10 @@ def write_report(out_dir, report: dict) -> Path:
     L += ["", f"Stage A: {report['stage_a']['steps']} steps ({report['stage_a'].get('copy_steps', 0)} on copy dialogues), "
              f"batch {report['stage_a']['batch_size']}; "
           f"stage B: {report['stage_b'].get('step')} steps on {report['stage_b'].get('world_size')} ranks "
-          f"({_fmt(report['stage_b'].get('median_step_time_s'))} s/step).", ""]
+          f"({_fmt(report['stage_b'].get('median_step_time_s'))} s/step)"
+          + (f"; stage C: {sc['steps']} steps on {sc['states']} cached `<seg>` states, training-split cIoU "
+             f"{_fmt(sc['train_ciou_before'])} -> {_fmt(sc['train_ciou_after'])}" if (sc := report.get("stage_c") or {}).get("steps") else "")
+          + ".", ""]
     for name in ("losses.png", "routing.png", "confusion.png", "masks.png"):
         if (out / name).is_file(): L.append(f"![{name}]({name})")
     L += ["", "Some answers on the test split:", ""]
@@ -513,18 +597,23 @@ def _run_stage_b(cfg: LLMBindConfig, out: Path, nproc: int, progress: bool) -> d
         if old_shm is None: os.environ.pop("LLMBIND_DS_SHM", None)
 
 # %% ../nbs/11a_demo.ipynb #e05f5062
-def _evaluate_run(cfg: LLMBindConfig, out: Path, eval_per_leaf, seed: int) -> tuple[dict, dict]:
-    "Step 4: save out/model, read the expert load per task, evaluate both test sets; (routing, `evaluate_sets` result)."
-    torch.set_num_threads(1)
+def _final_model(cfg: LLMBindConfig, out: Path, mask_steps: int, seed: int, progress: bool) -> tuple[LLMBindForCausalLM, dict]:
+    "Step 4: stage B's weights, stage C on them (`mask_steps` > 0), saved as out/model; (model, stage C's summary)."
+    torch.set_num_threads(2)
     model = model_fn(cfg, weights=str(out / "stage_b" / "model.safetensors"))
+    sc = fit_mask_side(model, cfg.data.data_dir, steps=mask_steps, seed=seed, progress=progress) if mask_steps else {"steps": 0}
     model.save_pretrained(out / "model")              # with its chat format: what `llmbind eval` and `llmbind chat` read
+    return model, sc
+
+def _evaluate_run(cfg: LLMBindConfig, out: Path, model, eval_per_leaf, seed: int) -> tuple[dict, dict]:
+    "Step 5: read the expert load per task, evaluate both test sets of the saved model; (routing, `evaluate_sets` result)."
+    torch.set_num_threads(1)
     routing = routing_by_task(model, cfg, load_shapes_world(cfg.data.data_dir, "test", seed=seed))
-    del model
     # the one evaluation, the one `llmbind eval --run RUN` repeats: both test sets, each in its own process
     return routing, evaluate_sets(out, demo_eval_settings(eval_per_leaf, seed), progress=False, jobs=2)
 
 def _write_outputs(out: Path, sets: dict, evaluation: dict, routing: dict):
-    "Step 5a: the plots and the records of every scored turn of each test set."
+    "Step 6a: the plots and the records of every scored turn of each test set."
     plot_losses(out, out / "losses.png"); plot_routing(routing, out / "routing.png")
     plot_masks(sets["test"].get("examples") or [], out / "masks.png"); plot_confusions(evaluation, out / "confusion.png")
     for name, r in sets.items():
@@ -547,13 +636,14 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
              quick: bool = False,                 # tiny data and evaluation (a smoke run)
              overwrite: bool = False,             # replace an existing run folder
              batch_a: int = 32,
-             sam_steps: Optional[int] = None,     # stage A point-prompt steps of SAM (default 1200, quick 10)
+             sam_steps: Optional[int] = None,     # stage A point-prompt steps of SAM (default 1000, quick 10)
+             mask_steps: Optional[int] = None,    # stage C steps of the mask side on frozen states (default 1000, quick 10; 0: none)
              minutes_a: Optional[float] = None,   # stop stage A early after this many minutes
              eval_per_leaf=EVAL_PER_LEAF,         # test dialogues per leaf (int or {leaf: n})
              progress: bool = True,
              phrasing: str = "templates",         # the world's requests: "templates" (banks) or "space" (composed, 09_synthetic)
              command: str = "llmbind demo") -> dict:
-    "Shapes world -> stage A base -> stage B LLMBind on DeepSpeed -> test-split evaluation -> report; returns the report."
+    "Shapes world -> stage A base -> stage B LLMBind on DeepSpeed -> stage C mask side -> test-split evaluation -> report; returns the report."
     t_start, timings = time.perf_counter(), {}
     out = _fresh_run_folder(Path(out_dir), overwrite)
     load_start = _load()
@@ -564,22 +654,29 @@ def run_demo(out_dir="runs/demo",                 # run folder (data/, stage_a/,
     timings["data"] = time.perf_counter() - t; say(f"shapes world and tokenizer written in {timings['data']:.0f}s")
     t = time.perf_counter()
     sa = train_stage_a(cfg, out / "stage_a", steps=steps_a, batch_size=batch_a, seed=seed, progress=progress,
-                       sam_steps=(10 if quick else 1200) if sam_steps is None else sam_steps,
+                       sam_steps=(10 if quick else 1000) if sam_steps is None else sam_steps,
                        copy_steps=(10 if quick else 300) if copy_steps is None else copy_steps,
-                       time_limit=minutes_a * 60 if minutes_a else None)
+                       time_limit=minutes_a * 60 if minutes_a else None,
+                       threads_after_copy=1)              # SAM's process takes the other core for most of stage A
     timings["stage_a"] = time.perf_counter() - t; say(f"stage A: {sa['steps']} steps in {timings['stage_a']:.0f}s")
     t = time.perf_counter()
     sb = _run_stage_b(cfg, out, nproc, progress)
     timings["stage_b"] = time.perf_counter() - t; say(f"stage B: {sb['step']} steps in {timings['stage_b']:.0f}s")
     t = time.perf_counter()
-    routing, res = _evaluate_run(cfg, out, eval_per_leaf, seed)
+    model, sc = _final_model(cfg, out, (10 if quick else 1000) if mask_steps is None else mask_steps, seed, progress)
+    timings["stage_c"] = time.perf_counter() - t
+    if sc["steps"]: say(f"stage C: {sc['steps']} steps on {sc['states']} cached <seg> states in {timings['stage_c']:.0f}s, training-split "
+                        f"cIoU {sc['train_ciou_before']:.3f} -> {sc['train_ciou_after']:.3f}")
+    t = time.perf_counter()
+    routing, res = _evaluate_run(cfg, out, model, eval_per_leaf, seed)
+    del model
     sets = res["sets"]
     timings["evaluation"] = time.perf_counter() - t
     say(f"evaluated {sum(r['n_answers'] for r in sets.values())} test turns in {timings['evaluation']:.0f}s")
     t = time.perf_counter()
     evaluation = sets_summary(res)
     _write_outputs(out, sets, evaluation, routing)
-    report = {"command": command, "evaluation": evaluation, "routing": routing, "stage_a": sa, "stage_b": sb, "timings": timings,
+    report = {"command": command, "evaluation": evaluation, "routing": routing, "stage_a": sa, "stage_b": sb, "stage_c": sc, "timings": timings,
               "machine": {"cpus": os.cpu_count(), "load_start": load_start, "load_end": _load()},
               "config": cfg.to_dict(), "samples": _sample_answers(sets["test"]["records"], seed)}
     timings["report"] = time.perf_counter() - t
@@ -598,6 +695,7 @@ def demo_command(argv: Sequence[str]) -> int:
     p.add_argument("--steps-a", type=int, default=None, help="stage A steps on the mixture (default 900, quick 20)")
     p.add_argument("--copy-steps", type=int, default=None, help="stage A steps on copy dialogues first (default 300, quick 10)")
     p.add_argument("--steps-b", type=int, default=None, help="stage B steps (default 500, quick 10)")
+    p.add_argument("--mask-steps", type=int, default=None, help="stage C steps of the mask side on frozen <seg> states (default 1000, quick 10; 0 skips it)")
     p.add_argument("--nproc", type=int, default=2, help="stage B CPU ranks (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny data, a few steps, short evaluation")
@@ -607,6 +705,7 @@ def demo_command(argv: Sequence[str]) -> int:
     for k in ("steps_a", "steps_b", "nproc"):
         v = getattr(a, k)
         if v is not None and v < 1: raise UserError(f"--{k.replace('_', '-')} must be at least 1, got {v}")
+    if a.mask_steps is not None and a.mask_steps < 0: raise UserError(f"--mask-steps must be 0 or more, got {a.mask_steps}")
     if a.copy_steps is not None and a.copy_steps < 0: raise UserError(f"--copy-steps must be 0 or more, got {a.copy_steps}")
     out = Path(a.out)
     if out.exists() and not out.is_dir(): raise UserError(f"--out {out} is a file; choose a folder")
@@ -615,7 +714,7 @@ def demo_command(argv: Sequence[str]) -> int:
     sa = a.steps_a or (20 if a.quick else 900); sb = a.steps_b or (10 if a.quick else 500)
     cmd = "llmbind demo " + " ".join(argv)
     r = run_demo(out, steps_a=sa, steps_b=sb, nproc=a.nproc, seed=a.seed, quick=a.quick, overwrite=a.overwrite, copy_steps=a.copy_steps,
-                 eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip(),
+                 mask_steps=a.mask_steps, eval_per_leaf=2 if a.quick else EVAL_PER_LEAF, batch_a=8 if a.quick else 32, command=cmd.strip(),
                  phrasing=a.phrasing)
     for name, rep in r["evaluation"]["sets"].items():
         for view, key in VIEWS[:2]:

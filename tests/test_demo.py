@@ -22,6 +22,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert saved["chat"]["system"] == "A chat." and saved["llm"]["pretrained_path"] == "../stage_a/llm"    # relocatable
     assert json.loads((out / "data_pairs" / "index.json").read_text())["templates"] == "train"
     assert r["stage_a"]["steps"] == 5 and r["stage_a"]["copy_steps"] == 2 and r["stage_b"]["step"] == 3
+    assert r["stage_c"]["steps"] == 10 and r["stage_c"]["states"] > 0 and "stage_c" in r["timings"]   # quick: 10 mask-side steps
     last = json.loads((out / "stage_a" / "metrics.jsonl").read_text().splitlines()[-1])   # 2 copy steps, then the mixture
     assert last["phase"] == "mixture" and last["step"] == 5 and r["stage_b"]["world_size"] == 2
     for f in ("report.md", "losses.png", "routing.png", "masks.png", "stage_b/model.safetensors", "stage_a/llm/config.json",
@@ -45,6 +46,11 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     r = _tool("probe_requests").probe(out, max_new_tokens=8)
     assert r["n"] == 52 and sum(b for _, b in r["by_kind"].values()) == 52 and 0 <= r["dispatch"] <= 1
     assert len(r["misses"]) == 52 - sum(a for a, _ in r["by_kind"].values())
+    # tools/seg_ceiling.py reads the run's <seg> states through llmbind.demo's cache
+    capsys.readouterr()
+    _tool("seg_ceiling").main([str(out), "--records", "4", "--steps", "2", "--threads", "1"])
+    printed = capsys.readouterr().out
+    assert "held-out-pair <seg> states" in printed and "the run as it is: referring cIoU training" in printed
     # `llmbind train` trains the real model on the demo's world and base: its stage-B config, other settings
     more = tmp_path / "more"
     assert cli_main(["train", "--config", str(out / "stage_b" / "config.json"), "--steps", "2", "--nproc", "1",
@@ -67,6 +73,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
 def test_demo_bad_arguments(tmp_path):
     with pytest.raises(UserError, match="--steps-a"): demo_command(["--out", str(tmp_path / "x"), "--steps-a", "0"])
+    with pytest.raises(UserError, match="--mask-steps"): demo_command(["--out", str(tmp_path / "x"), "--mask-steps", "-1"])
     (tmp_path / "f").write_text("x")
     with pytest.raises(UserError, match="is a file"): demo_command(["--out", str(tmp_path / "f")])
 

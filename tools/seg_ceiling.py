@@ -12,7 +12,9 @@ RUN is a folder written by `llmbind demo` (it needs RUN/model, RUN/data and RUN/
    and reports the cIoU every few hundred steps.
 
 The gap between (3)'s first and last line is what more referring data through the mask side is worth with these
-states; the training cIoU says how much of the rest is held-out pairs. Offline, CPU, a few minutes.
+states; the training cIoU says how much of the rest is held-out pairs. A run's model has been through the demo's
+stage C already (`llmbind.demo.fit_mask_side`, which uses the same cache); on `RUN/stage_b` weights alone the gap is
+what stage C can win. Offline, CPU, a few minutes.
 """
 import argparse, copy, os, sys, time
 from pathlib import Path
@@ -20,36 +22,22 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-from llmbind.pipeline import chat_collator
+from llmbind.demo import cached_ciou, mask_logits, seg_states
 from llmbind.losses import dice_loss, sigmoid_bce_loss
 from llmbind.model import LLMBindForCausalLM
-from llmbind.segment import decode_masks, gather_embedding_states
 from llmbind.train import fit
-from llmbind.synthetic import COLOURS, SHAPES, load_shapes_world
+from llmbind.synthetic import COLOURS, SHAPES
 
 
-def collect(model, collate, data_dir, split, n, batch=16):
-    "States (N, D), SAM embeddings (N, c, h, w), masks (N, H, W) and (colour, kind) words of every `<seg>` of `n` referring records."
-    world = load_shapes_world(data_dir, split, leaves=["seg/referring"], seed=0)
-    samples = [s.load() for s in list(world["seg/referring"])[:n]]
-    if not samples: raise SystemExit(f"no referring records in the {split} split of {data_dir}")
+def collect(model, data_dir, split, n):
+    "A `seg_states` cache of the referring records of a split, with the (colour, kind) words each request names."
+    cache = seg_states(model, data_dir, split, leaves=["seg/referring"], records=n)
     colours = sorted(COLOURS, key=len, reverse=True)
-    S, E, M, Y = [], [], [], []
-    for a in range(0, len(samples), batch):
-        part = samples[a:a + batch]
-        b = collate(part)
-        for k in ("ids", "sources", "truncated", "dropped"): b.pop(k, None)
-        with torch.no_grad():
-            o = model(**{k: v for k, v in b.items() if k not in ("labels",)})
-            states = gather_embedding_states(o.hidden_states, o.token_ids, model.seg_token_id)
-            emb = model.segment.encode_images(b["sam_images"])
-        for r, s in enumerate(part):
-            asks = [m["content"].lower() for m in s.messages if m["role"] == "user"]
-            for j in range(len(states[r])):
-                q = f" {asks[j] if j < len(asks) else ''} ".replace("?", " ").replace(".", " ")
-                S.append(states[r][j]); E.append(emb[r]); M.append(b["masks"][r][j].float())
-                Y.append((next((c for c in colours if f" {c} " in q), "none"), next((k for k in SHAPES if k in q), "none")))
-    return torch.stack(S), torch.stack(E), torch.stack(M), Y
+    words = []
+    for _, ask in cache["asks"]:
+        q = f" {ask.lower()} ".replace("?", " ").replace(".", " ")
+        words.append((next((c for c in colours if f" {c} " in q), "none"), next((k for k in SHAPES if k in q), "none")))
+    return dict(cache, words=words)
 
 
 def probe(X, y, Xt, yt, steps=500):
@@ -62,23 +50,6 @@ def probe(X, y, Xt, yt, steps=500):
     fit(lambda s: torch.nn.functional.cross_entropy(head(X), Y), steps=steps,          # full batch, every step
         optimizer=torch.optim.Adam(head.parameters(), 1e-2, weight_decay=1e-4))
     with torch.no_grad(): return float((head(X).argmax(1) == Y).float().mean()), float((head(Xt).argmax(1) == Yt).float().mean())
-
-
-def masks(fcs, sam, S, E, M, size):
-    "Mask logits (N, H, W) for cached states."
-    prompts = fcs(S)
-    lo = decode_masks(sam, E, [p[None] for p in prompts], [(size, size)] * len(S), [tuple(M.shape[1:])] * len(S), batched=True)
-    return torch.stack([m[0] for m in lo])
-
-
-def ciou(fcs, sam, data, size, chunk=64):
-    S, E, M, _ = data
-    inter = union = 0.0
-    with torch.no_grad():
-        for a in range(0, len(S), chunk):
-            p, g = masks(fcs, sam, S[a:a + chunk], E[a:a + chunk], M[a:a + chunk], size) > 0, M[a:a + chunk].bool()
-            inter += float((p & g).sum()); union += float((p | g).sum())
-    return inter / union if union else float("nan")
 
 
 def main(argv=None):
@@ -96,33 +67,30 @@ def main(argv=None):
     t0 = time.perf_counter()
     model = LLMBindForCausalLM.from_pretrained(a.run / "model").eval()
     cfg = model.cfg
-    collate = chat_collator(cfg, model.tokenizer)
-    train = collect(model, collate, a.run / "data", "train", a.records)
-    held = collect(model, collate, a.run / "data_pairs", "test", 10**6)
-    print(f"cached {len(train[0])} training and {len(held[0])} held-out-pair <seg> states ({time.perf_counter() - t0:.0f}s)")
+    train = collect(model, a.run / "data", "train", a.records)
+    held = collect(model, a.run / "data_pairs", "test", None)
+    S, E, M = train["states"], train["embeddings"], train["masks"]
+    print(f"cached {len(S)} training and {len(held['states'])} held-out-pair <seg> states ({time.perf_counter() - t0:.0f}s)")
     for name, i in (("colour", 0), ("kind", 1)):
-        tr, te = probe(train[0], [y[i] for y in train[3]], held[0], [y[i] for y in held[3]])
+        tr, te = probe(S, [y[i] for y in train["words"]], held["states"], [y[i] for y in held["words"]])
         print(f"linear probe of the {name} named in the request: training {tr:.2f}, held-out pairs {te:.2f}")
-    size = cfg.segment.image_size
-    fcs, sam = copy.deepcopy(model.segment.text_hidden_fcs), copy.deepcopy(model.segment.sam)
-    print(f"the run as it is: referring cIoU training {ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f}")
-    # what stage B trains of the mask side (the model's freezing policy, kept by the copies)
-    params = [p for p in (*fcs.parameters(), *sam.mask_decoder.parameters()) if p.requires_grad]
-    S, E, M, _ = train
+    side = copy.deepcopy(model)         # its mask side trains; the freezing policy (what stage B trains) comes along
+    print(f"the run as it is: referring cIoU training {cached_ciou(side, train):.3f}, held-out pairs {cached_ciou(side, held):.3f}")
+    params = [p for p in (*side.segment.text_hidden_fcs.parameters(), *side.segment.sam.mask_decoder.parameters()) if p.requires_grad]
     g = torch.Generator().manual_seed(0)
 
     def step(_):                          # a random batch of cached states -> masks, stage B's mask loss (Eq. 9)
         i = torch.randint(0, len(S), (a.batch,), generator=g)
-        pred = masks(fcs, sam, S[i], E[i], M[i], size)
+        pred = mask_logits(side, S[i], E[i], M.shape[1:])
         return cfg.loss.bce_weight * sigmoid_bce_loss(pred, M[i], a.batch) + cfg.loss.dice_weight * dice_loss(pred, M[i], a.batch)
 
     def report(r):
         print(f"mask side alone, step {r.step} ({r.step * a.batch} expressions): referring cIoU training "
-              f"{ciou(fcs, sam, train, size):.3f}, held-out pairs {ciou(fcs, sam, held, size):.3f} ({time.perf_counter() - t0:.0f}s)",
+              f"{cached_ciou(side, train):.3f}, held-out pairs {cached_ciou(side, held):.3f} ({time.perf_counter() - t0:.0f}s)",
               flush=True)
 
+    side.train()
     fit(step, params, a.steps, lr=a.lr, weight_decay=0.0, log=report, log_every=300)   # plain AdamW at a constant lr
-
 
 if __name__ == "__main__":
     sys.exit(main())
