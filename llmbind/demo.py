@@ -28,9 +28,9 @@ from .evaluate import (TARGETS, evaluate_model, evaluate_sets, sets_summary, sum
 __all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COPY_ASKS', 'COPY_ANSWERS', 'MASK_SIDE_LEAVES',
            'EVAL_PER_LEAF', 'SET_NAMES', 'VIEWS', 'demo_mixture', 'demo_sizes', 'demo_config', 'strip_tags',
            'plain_sample', 'train_demo_tokenizer', 'DemoData', 'copy_words', 'copy_dialogues', 'train_stage_a',
-           'pretrain_sam', 'seg_states', 'mask_logits', 'cached_ciou', 'fit_mask_side', 'demo_eval_settings',
-           'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions', 'demo_targets',
-           'write_report', 'run_demo', 'demo_command', 'variety_curve', 'plot_variety_curve']
+           'pretrain_sam', 'seg_states', 'mask_logits', 'mask_loss', 'cached_ciou', 'fit_mask_side',
+           'demo_eval_settings', 'routing_by_task', 'plot_losses', 'plot_routing', 'plot_masks', 'plot_confusions',
+           'demo_targets', 'write_report', 'run_demo', 'demo_command', 'variety_curve', 'plot_variety_curve']
 
 # %% ../nbs/11a_demo.ipynb #d305bcb0
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
@@ -375,6 +375,12 @@ def mask_logits(model, states, embeddings, mask_shape) -> torch.Tensor:
                       [tuple(mask_shape)] * len(states), batched=True)
     return torch.stack([m[0] for m in lo])
 
+def mask_loss(model, states, embeddings, masks) -> torch.Tensor:
+    "Stage B's mask loss (Eq. 9, the config's BCE and Dice weights) of cached `<seg>` states against their masks."
+    from llmbind.losses import dice_loss, sigmoid_bce_loss
+    pred, lw, n = mask_logits(model, states, embeddings, masks.shape[1:]), model.cfg.loss, len(states)
+    return lw.bce_weight * sigmoid_bce_loss(pred, masks, n) + lw.dice_weight * dice_loss(pred, masks, n)
+
 @torch.no_grad()
 def cached_ciou(model, cache: dict, chunk: int = 64) -> float:
     "cIoU (total intersection over total union) of the masks decoded from a `seg_states` cache."
@@ -390,7 +396,6 @@ def fit_mask_side(model, data_dir, steps: int = 1000, batch_size: int = 32, lr: 
                   cache: Optional[dict] = None,      # a `seg_states` cache to use instead of building one
                   progress: bool = False, log_every: int = 250) -> dict:
     "Stage C: `text_hidden_fcs` and SAM's mask decoder (what stage B trains of them) fitted alone on cached `<seg>` states, in place."
-    from llmbind.losses import dice_loss, sigmoid_bce_loss
     t0 = time.perf_counter()
     cache = seg_states(model, data_dir, "train", records=records, seed=seed) if cache is None else cache
     params = [p for p in (*model.segment.text_hidden_fcs.parameters(), *model.segment.sam.mask_decoder.parameters()) if p.requires_grad]
@@ -398,12 +403,10 @@ def fit_mask_side(model, data_dir, steps: int = 1000, batch_size: int = 32, lr: 
     S, E, M = cache["states"], cache["embeddings"], cache["masks"]
     before = cached_ciou(model, cache)
     g = torch.Generator().manual_seed(seed)
-    lw = model.cfg.loss
 
     def step(_: int):
         i = torch.randint(0, len(S), (batch_size,), generator=g)
-        pred = mask_logits(model, S[i], E[i], M.shape[1:])
-        return lw.bce_weight * sigmoid_bce_loss(pred, M[i], batch_size) + lw.dice_weight * dice_loss(pred, M[i], batch_size)
+        return mask_loss(model, S[i], E[i], M[i])
 
     def say(r: FitStep):
         if progress: print(f"stage C step {r.step}/{steps} mask loss {r.loss:.3f} ({r.time_s:.0f}s)", file=sys.stderr, flush=True)

@@ -22,8 +22,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-from llmbind.demo import cached_ciou, mask_logits, seg_states
-from llmbind.losses import dice_loss, sigmoid_bce_loss
+from llmbind.demo import cached_ciou, mask_loss, seg_states
 from llmbind.model import LLMBindForCausalLM
 from llmbind.train import fit
 from llmbind.synthetic import COLOURS, SHAPES
@@ -66,7 +65,6 @@ def main(argv=None):
     torch.set_num_threads(a.threads); torch.manual_seed(0)
     t0 = time.perf_counter()
     model = LLMBindForCausalLM.from_pretrained(a.run / "model").eval()
-    cfg = model.cfg
     train = collect(model, a.run / "data", "train", a.records)
     held = collect(model, a.run / "data_pairs", "test", None)
     S, E, M = train["states"], train["embeddings"], train["masks"]
@@ -81,8 +79,7 @@ def main(argv=None):
 
     def step(_):                          # a random batch of cached states -> masks, stage B's mask loss (Eq. 9)
         i = torch.randint(0, len(S), (a.batch,), generator=g)
-        pred = mask_logits(side, S[i], E[i], M.shape[1:])
-        return cfg.loss.bce_weight * sigmoid_bce_loss(pred, M[i], a.batch) + cfg.loss.dice_weight * dice_loss(pred, M[i], a.batch)
+        return mask_loss(side, S[i], E[i], M[i])
 
     def report(r):
         print(f"mask side alone, step {r.step} ({r.step * a.batch} expressions): referring cIoU training "
