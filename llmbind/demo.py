@@ -427,7 +427,7 @@ def demo_eval_settings(per_leaf=EVAL_PER_LEAF, seed: int = 0) -> dict:
     "What the demo evaluates, recorded in RUN/eval_settings.json: the two test sets, the samples per leaf, the options."
     return {"sets": {"test": ["data", "test"], "pairs": ["data_pairs", "test"]}, "limit": per_leaf, "seed": seed,
             "turns": "all", "free_running": True, "forced_masks": True, "max_new_tokens": 64, "answer_budget": 24,
-            "threads": 1, "examples": 4}
+            "threads": 1, "examples": 4, "constrain_tags": True}
 
 @torch.no_grad()
 def routing_by_task(model, cfg: LLMBindConfig, samples: dict, per_leaf: int = 8) -> dict:

@@ -439,6 +439,7 @@ def evaluate_model(model,                               # anything with LLMBindF
                    answer_budget: Optional[int] = None, # at most (reference tokens + this) new tokens (None: max_new_tokens)
                    max_length="model",                  # skip turns longer than this ("model": the training length; None: none)
                    keep_examples: int = 0,              # keep this many referring answers with image, truth and mask
+                   constrain_tags: bool = True,         # decode with the tag grammar (`generate`'s default); False: unconstrained
                   ) -> dict:
     "Answer every held-out turn (gold history; first turns apart; optionally free-running) and compute every metric."
     from tqdm.auto import tqdm
@@ -452,7 +453,7 @@ def evaluate_model(model,                               # anything with LLMBindF
     def answer(it, history, into):
         "Generate one turn after `history`, score it into `into`; the answer's text, or None when the model refused."
         max_new = _budget(model, it.reference, max_new_tokens, answer_budget)
-        try: res = model.generate(history, image=it.sample.image, max_new_tokens=max_new)
+        try: res = model.generate(history, image=it.sample.image, max_new_tokens=max_new, **({} if constrain_tags else {"constrain_tags": False}))
         except ModelInputError as e:                        # e.g. a conversation longer than the model's context
             errors.append({"id": it.sample.id, "task": it.sample.task, "turn": it.turn, "error": str(e)}); return None
         ex = examples if examples is not None and len(examples) < keep_examples and into is records else None
@@ -477,7 +478,7 @@ def evaluate_model(model,                               # anything with LLMBindF
               "n_skipped": len(skipped), "skipped": skipped, "first_turns": summarize([r for r in records if r["first"]]),
               "free_running": summarize(free) if free_running else None,
               "settings": {"max_new_tokens": max_new_tokens, "turns": turns, "forced_masks": forced_masks, "free_running": free_running,
-                           "answer_budget": answer_budget, "max_length": limit},
+                           "answer_budget": answer_budget, "max_length": limit, "constrain_tags": constrain_tags},
               "seconds": time.perf_counter() - t0}
     if keep_records: report["records"], report["free_records"] = records, (free if free_running else [])
     if keep_examples: report["examples"] = examples
@@ -1079,6 +1080,7 @@ def evaluate_run(run_dir=None,                      # a run folder (model and da
                  device=None,                       # None: the saved config's device
                  progress: bool = True,
                  checkpoints_dir=None, config=None,  # frozen checkpoints that moved (see load_eval_model)
+                 constrain_tags: bool = True,       # decode with the tag grammar (False: unconstrained)
                 ) -> dict:
     "Load a saved model and a held-out split, evaluate, and write the JSON report."
     if run_dir is None and (model_dir is None or data_dir is None):
@@ -1089,7 +1091,7 @@ def evaluate_run(run_dir=None,                      # a run folder (model and da
     if not samples: raise ValueError(f"the {split} split of {data_dir} has no samples")
     model = load_eval_model(model_dir, device, checkpoints_dir, config)
     report = evaluate_model(model, samples, max_new_tokens=max_new_tokens, turns=turns, forced_masks=forced_masks,
-                            progress=progress, free_running=free_running, answer_budget=answer_budget)
+                            progress=progress, free_running=free_running, answer_budget=answer_budget, constrain_tags=constrain_tags)
     report.update(model_dir=str(model_dir), data_dir=str(data_dir), split=split, limit=limit)
     if out is None and run_dir is not None: out = Path(run_dir) / f"eval_{split}.json"
     return _write_report(report, out) if out is not None else report
@@ -1105,6 +1107,7 @@ def _eval_set(model_dir: str, data_dir: str, split: str, s: dict, device, checkp
     return evaluate_model(model, samples, max_new_tokens=s["max_new_tokens"], turns=s.get("turns", "all"),
                           forced_masks=s.get("forced_masks", True), free_running=s.get("free_running", False),
                           answer_budget=s.get("answer_budget"), keep_examples=s.get("examples", 0), progress=progress,
+                          constrain_tags=s.get("constrain_tags", False),   # settings recorded before the tag grammar: decoded without it
                           desc=f"{Path(data_dir).name} {split}")
 
 def _eval_set_to(path: str, *args):
@@ -1219,6 +1222,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--turns", choices=["last", "all"], help="evaluate every assistant turn (default) or the last one of each sample")
     p.add_argument("--free-running", action="store_true", help="also replay each dialogue on the model's own earlier answers")
     p.add_argument("--no-forced", action="store_true", help="skip the teacher-forced mask evaluation")
+    p.add_argument("--no-tag-grammar", action="store_true", help="decode without the tag grammar (closing tags first, tags inside prompts allowed)")
     p.add_argument("--device", help="cpu, cuda, ... (default: the saved config's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -1230,6 +1234,7 @@ def eval_command(argv: Sequence[str]) -> int:
     data = a.data or (None if a.benchmark else a.data_root)
     if a.run is None and a.model is None or not a.benchmark and a.run is None and data is None:
         raise UserError("give --run RUN, or --checkpoint DIR with --data DIR (a shapes world) or with --benchmark NAME:SPLIT")
+    if a.benchmark and a.no_tag_grammar: raise UserError("--no-tag-grammar applies to shapes-world evaluations, not to --benchmark")
     if a.benchmark and a.data: raise UserError("--data names a shapes world; with --benchmark give LISA's dataset/ folder as --data-root")
     if a.limit is not None and a.limit < 1: raise UserError(f"--limit must be at least 1, got {a.limit}")
     if a.max_new_tokens is not None and a.max_new_tokens < 1: raise UserError(f"--max-new-tokens must be at least 1, got {a.max_new_tokens}")
@@ -1239,7 +1244,7 @@ def eval_command(argv: Sequence[str]) -> int:
     common = dict(out=a.out, limit=a.limit, forced_masks=not a.no_forced, device=a.device, progress=not a.quiet,
                   checkpoints_dir=a.checkpoints, config=a.config)
     recorded = a.run is not None and (Path(a.run) / EVAL_SETTINGS).is_file() and not a.benchmark and data is None and \
-        a.limit is None and a.turns is None and a.max_new_tokens is None and not a.free_running and not a.no_forced and a.split == "test"
+        a.limit is None and a.turns is None and a.max_new_tokens is None and not a.free_running and not a.no_forced and not a.no_tag_grammar and a.split == "test"
     try:
         if recorded:                                # the run's own evaluation (as `llmbind demo` recorded it), again
             res = sets_summary(evaluate_sets(a.run, model_dir=a.model, device=a.device, checkpoints_dir=a.checkpoints,
@@ -1256,7 +1261,7 @@ def eval_command(argv: Sequence[str]) -> int:
             print(format_benchmarks(rep))
         else:
             rep = evaluate_run(a.run, a.model, data, split=a.split, max_new_tokens=a.max_new_tokens or 96, turns=a.turns or "all",
-                               free_running=a.free_running, **common)
+                               free_running=a.free_running, constrain_tags=not a.no_tag_grammar, **common)
             print(format_report(rep, title=f"llmbind eval: {a.split} split"))
     except KeyError as e: raise UserError(str(e).strip("'\"")) from None
     except ValueError as e: raise UserError(str(e)) from None

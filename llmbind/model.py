@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from .config import LLMBindConfig, ConfigError, ChatConfig
 from .tokens import (IMAGE_TOKEN, ParseProblem, parse_response, render_chat, chat_template, tiny_tokenizer,
-                            add_task_tokens, task_token_strings, train_only_new_token_rows)
+                            add_task_tokens, task_token_strings, train_only_new_token_rows, TagGrammar)
 from .moe import inject_lora_moe, lora_moe_layers, moe_aux_loss
 from .vision import (ImageError, ImageProcessor, build_vision_tower, build_projector, clip_vision_config,
                             splice_image_features, to_rgb_array, _quiet_transformers, checkpoint_files, read_checkpoint,
@@ -686,8 +686,9 @@ def _pick(logits, do_sample, temperature, top_p, gen):
     return int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
 
 # %% ../nbs/06_model.ipynb #e2a5b2d9
-def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed) -> list:
-    "Greedy / sampled decoding with the decoder's KV cache; stops at `</s>`."
+def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed,
+                   grammar: Optional[TagGrammar] = None) -> list:
+    "Greedy / sampled decoding with the decoder's KV cache; stops at `</s>`; `grammar` bans the ids that would break the tags."
     dev, eos = self.device, self.tokenizer.eos_token_id
     ids = torch.tensor([p_ids], device=dev)
     has = img_kw["has_image"].tolist() if img_kw["images"] is not None else [False]
@@ -703,9 +704,11 @@ def _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, 
     kw = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"  # renamed in transformers 5
     cache, L, new = getattr(out, kw, None), sp.inputs_embeds.shape[1], []
     for _ in range(min(max_new_tokens, room)):
-        nxt = _pick(out.logits[0, -1].cpu(), do_sample, temperature, top_p, gen)
+        logits = out.logits[0, -1].cpu()
+        nxt = _pick(grammar.constrain(logits) if grammar is not None else logits, do_sample, temperature, top_p, gen)
         if nxt == eos: break
         new.append(nxt)
+        if grammar is not None: grammar.step(nxt)
         L += 1
         out = self.llm(input_ids=torch.tensor([[nxt]], device=dev), attention_mask=torch.ones((1, L), dtype=torch.long, device=dev),
                        use_cache=True, **{kw: cache})
@@ -724,6 +727,7 @@ def generate(self: LLMBindForCausalLM,
              top_p: float = 1.0,                    # nucleus sampling mass
              seed: Optional[int] = None,            # sampling seed
              response: Optional[str] = None,        # use this answer instead of decoding (then only the heads run)
+             constrain_tags: bool = True,           # decode only answers whose tags parse (`TagGrammar`, 01_tokens)
             ) -> GenerationResult:
     "Answer a conversation; decode every `<seg>`/`<det>`/`<cls>` of the answer into masks, boxes and labels."
     was_training = self.training
@@ -739,7 +743,8 @@ def generate(self: LLMBindForCausalLM,
             full = tok(prompt + " " + response, add_special_tokens=True)["input_ids"]
             gen_ids = full[len(p_ids):] if full[:len(p_ids)] == p_ids else tok(" " + response, add_special_tokens=False)["input_ids"]
         else:
-            gen_ids = _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed)
+            gen_ids = _decode_tokens(self, p_ids, img_kw, max_new_tokens, do_sample, temperature, top_p, seed,
+                                     TagGrammar(tok) if constrain_tags else None)
         text = tok.decode(gen_ids, skip_special_tokens=True).strip()
         calls = parse_response(text)
         res = GenerationResult(text=text, calls=list(calls), problems=list(calls.problems), token_ids=list(gen_ids))

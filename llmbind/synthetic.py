@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_synthetic.ipynb #2ce93ba4
 from __future__ import annotations
-import contextvars, functools, hashlib, json, math, random, re, time
+import contextvars, functools, hashlib, itertools, json, math, random, re, time
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
@@ -24,15 +24,16 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'HPOS', 'VPOS', 'CORNERS', 'SPLITS', 'P
            'MOVES', 'SOUNDS', 'PLACES', 'AUDIO_REQUESTS', 'AUDIO_FOLLOWUPS', 'MOTIONS', 'VIDEO_REQUESTS',
            'VIDEO_FOLLOWUPS', 'CHAT_TURNS', 'GEN_ANSWERS', 'EDIT_ANSWERS', 'AUDIO_ANSWERS', 'VIDEO_ANSWERS',
            'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'PHRASINGS', 'PHRASE_PARTS',
-           'PHRASE_FRAMES', 'CHAT_ANSWERS', 'SPACE_BANK_SIZE', 'LEAVES', 'INDEX_VERSION', 'Shape', 'shape_polygon',
-           'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split', 'template_split', 'split_templates',
-           'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene', 'position_phrase', 'plural', 'article',
-           'noun_phrase', 'describe_shape', 'describe_scene', 'referring_phrases', 'parse_description',
-           'render_description', 'seg_question_args', 'compose_request', 'phrasing_space_size', 'held_out_families',
-           'phrasing_leaks', 'phrasing_bank', 'make_vqa', 'make_semantic', 'make_referring', 'make_reasoning',
-           'make_det', 'make_cls', 'make_image_gen', 'make_image_edit', 'make_audio', 'make_video', 'leaf_task',
-           'ShapesWorld', 'resolve_sizes', 'write_shapes_world', 'load_shapes_world', 'ensure_shapes_world',
-           'tree_digest', 'user_templates', 'template_splits_of']
+           'PHRASE_FRAMES', 'CHAT_ANSWERS', 'SPACE_BANK_SIZE', 'CHAT_INTENTS', 'SMALL_TALK_SHARE', 'LEAVES',
+           'INDEX_VERSION', 'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split',
+           'template_split', 'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene',
+           'position_phrase', 'plural', 'article', 'noun_phrase', 'describe_shape', 'describe_scene',
+           'referring_phrases', 'parse_description', 'render_description', 'seg_question_args', 'compose_request',
+           'phrasing_space_size', 'held_out_families', 'phrasing_leaks', 'phrasing_bank', 'make_vqa', 'make_semantic',
+           'make_referring', 'make_reasoning', 'make_det', 'make_cls', 'small_talk_intents', 'small_talk_wordings',
+           'make_image_gen', 'make_image_edit', 'make_audio', 'make_video', 'leaf_task', 'ShapesWorld', 'resolve_sizes',
+           'write_shapes_world', 'load_shapes_world', 'ensure_shapes_world', 'tree_digest', 'user_templates',
+           'template_splits_of']
 
 # %% ../nbs/09_synthetic.ipynb #cb46cf2d
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
@@ -1048,9 +1049,38 @@ def make_cls(rng: random.Random, split: str, size: int = 64, kinds: Sequence[str
         if turns: return {"scene": scene, "turns": turns, "classes": classes}
     raise RuntimeError("could not build a classification question")
 
+# %% ../nbs/09_synthetic.ipynb #1b6e516d
+CHAT_INTENTS = ("thanks", "about", "corners", "complaint", "colours", "thanks", "explain", "thanks", "favourite", "bye")  # of each CHAT_TURNS entry
+SMALL_TALK_SHARE = 0.5     # training chat turns (template banks) composed as small talk instead of drawn from CHAT_TURNS
+
+def small_talk_intents() -> tuple:
+    "The chat intents small talk composes: every intent of CHAT_ANSWERS except those only held-out chat templates ask."
+    own = lambda train: {i for j, i in enumerate(CHAT_INTENTS) if (template_split(j) == "train") == train}
+    return tuple(sorted(set(CHAT_ANSWERS) - (own(False) - own(True))))
+
+def _small_talk(rng: random.Random) -> tuple[str, str]:
+    "(user, answer) composed from the training chat frames of `small_talk_intents()` ({a}, {kind}, {n} still to fill)."
+    ok = small_talk_intents()
+    while True:
+        t, intent, _ = compose_request("chat", "train", rng)
+        if intent in ok: return t, CHAT_ANSWERS[intent]
+
+def small_talk_wordings() -> list[str]:
+    "Every user turn `_small_talk` can write (placeholders kept), sorted."
+    out, ok = set(), small_talk_intents()
+    for intent, t in PHRASE_FRAMES["chat"]["train"]:
+        if intent not in ok: continue
+        slots = _slots(t)
+        for combo in itertools.product(*(_members(f, ("train",)) for f in slots)):
+            fill = dict(zip(slots, combo))
+            out.add(_sentence_case(_SLOT_RE.sub(lambda m: fill.get(m.group(1), m.group(0)), t)))
+    return sorted(out)
+
 # %% ../nbs/09_synthetic.ipynb #502706c8
 def _chat_turn(rng: random.Random, split: str, kinds: Sequence[str]) -> tuple[str, str]:
-    u, a = _pick(rng, CHAT_TURNS, split)
+    if _PARTS_LOG.get() is None and split == (_TEMPLATES.get() or split) == "train" and rng.random() < SMALL_TALK_SHARE:
+        u, a = _small_talk(rng)                          # template banks, training split: small talk half of the time
+    else: u, a = _pick(rng, CHAT_TURNS, split)
     k = rng.choice(list(kinds))
     n = CORNERS[k]
     fill = {"a": article(k), "A": article(k).capitalize(), "kind": k, "n": _NUMBERS[n] if n < len(_NUMBERS) else str(n)}
@@ -1518,7 +1548,9 @@ def user_templates() -> dict:
                   "chat": [u for u, _ in CHAT_TURNS],
                   "seg": SEG_QUESTIONS, "seg/semantic": SEMANTIC_SEG_QUESTIONS, "seg/long": LONG_SEG_QUESTIONS})
     banks.update({f"edit/{k}": v for k, v in EDIT_REQUESTS.items()})
-    return {name: [(t, template_split(j)) for j, t in enumerate(bank)] for name, bank in banks.items()}
+    out = {name: [(t, template_split(j)) for j, t in enumerate(bank)] for name, bank in banks.items()}
+    out["chat/small_talk"] = [(t, "train") for t in small_talk_wordings()]     # composed, training split only
+    return out
 
 def _template_regex(t: str) -> re.Pattern:
     parts = re.split(r"(\{[a-zA-Z_]+\})", t)

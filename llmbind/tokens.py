@@ -14,7 +14,7 @@ from torch import nn
 __all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'ROLES', 'VICUNA_CHAT_TEMPLATE', 'TaskToken',
            'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse', 'parse_response',
            'render_chat', 'format_vicuna', 'chat_template', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer',
-           'add_task_tokens', 'tiny_llama', 'train_only_rows', 'train_only_new_token_rows']
+           'add_task_tokens', 'tiny_llama', 'train_only_rows', 'train_only_new_token_rows', 'TagGrammar']
 
 # %% ../nbs/01_tokens.ipynb #1fa54f39
 @dataclass(frozen=True)
@@ -334,3 +334,45 @@ def train_only_new_token_rows(model: nn.Module, token_ids: Sequence[int]) -> lis
     out = model.get_output_embeddings()
     if out is not None and out.weight is not ws[0]: ws.append(out.weight)
     return [train_only_rows(w, token_ids) for w in ws]
+
+# %% ../nbs/01_tokens.ipynb #213f5879
+class TagGrammar:
+    "Which ids may come next in an answer so that `parse_response` reads it without a problem (for constrained decoding)."
+    def __init__(self, tokenizer):
+        strings = task_token_strings()
+        ids = tokenizer.convert_tokens_to_ids(strings)
+        missing = [s for s, i in zip(strings, ids) if i is None or tokenizer.convert_ids_to_tokens(i) != s]
+        if missing: raise ValueError(f"the tokenizer has no single id for {', '.join(missing)}; add them with add_task_tokens first")
+        idx = dict(zip(strings, ids))
+        self.tokenizer, self.eos = tokenizer, tokenizer.eos_token_id
+        self.pairs = {idx[t.open]: idx[t.close] for t in TASK_TOKENS if t.kind == "prompt"}   # opening id -> its closing id
+        self.tags = frozenset(ids)
+        self.outside = sorted(set(self.pairs.values()) | {idx[IMAGE_TOKEN]})
+        self.start()
+
+    def start(self) -> "TagGrammar":
+        "A new answer: outside any prompt."
+        self.close, self.prompt, self.filled = None, [], False
+        return self
+
+    def banned(self) -> list[int]:
+        "The ids that may not come next."
+        if self.close is None: return self.outside
+        out = set(self.tags - {self.close}) | ({self.eos} if self.eos is not None else set())
+        if not self.filled: out.add(self.close)
+        return sorted(out)
+
+    def step(self, token_id: int):
+        "Move past one emitted id."
+        if self.close is None:
+            if token_id in self.pairs: self.close, self.prompt, self.filled = self.pairs[token_id], [], False
+        elif token_id == self.close: self.close = None
+        else:
+            self.prompt.append(token_id)
+            if not self.filled: self.filled = bool(self.tokenizer.decode(self.prompt).strip())
+
+    def constrain(self, logits: torch.Tensor) -> torch.Tensor:
+        "A copy of next-token `logits` (..., V) with the banned ids at -inf."
+        out = logits.clone()
+        out[..., self.banned()] = float("-inf")
+        return out
