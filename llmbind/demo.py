@@ -36,7 +36,7 @@ __all__ = ['STAGE_A_MIX', 'TEXT_LEAVES', 'demo_collator', 'demo_tokenizer', 'COP
 STAGE_A_MIX = {"vqa": 1.0, "interactive": {"weight": 4.0, "children": {"image_gen": 1.0, "image_edit": 1.0, "audio": 1.0, "video": 1.0}}}
 TEXT_LEAVES = ("vqa", "interactive/image_gen", "interactive/image_edit", "interactive/audio", "interactive/video")
 
-def demo_mixture(grounded: float = 0.3,   # weight of the `<det>`/`<cls>` group next to the paper's three (1 each)
+def demo_mixture(grounded: float = 0.45,  # weight of the `<det>`/`<cls>` group next to the paper's three (1 each)
                  det_share: float = 2.0,  # `<det>` samples per `<cls>` sample inside it
                  ) -> dict:
     "The paper's mixture (1:1:1, 9:3:1, 1:1:1:1) plus a small `<det>`/`<cls>` group."

@@ -1400,7 +1400,8 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
 
 # %% ../nbs/09_synthetic.ipynb #d0f5de47
 _SUBDIRS = ("llava", "interactive", "ade_shapes", "refshapes", "reason_seg", "grounded")
-INDEX_VERSION = 3          # 2: the segmentation readers' question banks are reader arguments, per split; 3: larger det/cls banks
+INDEX_VERSION = 4          # 2: the segmentation readers' question banks are reader arguments, per split; 3: larger det/cls banks;
+                           # 4: small talk in the template banks' training split
 
 def resolve_sizes(sizes) -> dict[str, dict[str, int]]:
     "Normalise sizes to {split: {leaf: n}} from an int, {split: n | {leaf: n}}, {leaf: n} or a config."
