@@ -185,12 +185,14 @@ class LLMBindAgent:
                  out_dir: Optional[Union[str, Path]] = None, # folder for artifacts and conversation.json (None: keep in memory)
                  seed: int = 0, # seed of the first generator call; each later call adds one
                  max_new_tokens: int = 64, # answer length limit for `chat`
+                 constrain_tags: bool = True, # `chat` decodes with the tag grammar (False: whatever the model writes, stray tags too)
                 ):
         if generators is None:
             generators = GeneratorRegistry.from_config(model.cfg) if model is not None else GeneratorRegistry()
         if not isinstance(generators, GeneratorRegistry):
             raise TypeError(f"generators must be a GeneratorRegistry, got {type(generators).__name__}")
         self.model, self.generators, self.seed, self.max_new_tokens = model, generators, int(seed), int(max_new_tokens)
+        self.constrain_tags = bool(constrain_tags)
         self.out_dir = None if out_dir is None else Path(out_dir).expanduser()
         self.history: list[Turn] = []      # turns of the current conversation
         self.log: list[dict] = []          # every turn of this folder's index (all conversations)
@@ -409,6 +411,7 @@ def chat(self: LLMBindAgent, text: str, # the user's message
     t0 = time.perf_counter()
     turn = self._new_turn(text, "", image)
     n = self.max_new_tokens if max_new_tokens is None else int(max_new_tokens)
+    if not self.constrain_tags: generate_kwargs.setdefault("constrain_tags", False)
     try:
         res = self.model.generate(self._conversation(text, reserve=n), image=self.current_image, max_new_tokens=n, **generate_kwargs)
     except ModelInputError as e:
@@ -498,6 +501,8 @@ def _chat_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", metavar="DIR", help="folder holding the datasets (data.data_dir)")
     p.add_argument("--out", default="llmbind_chat", help="folder for artifacts and conversation.json (default: ./llmbind_chat)")
     p.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
+    p.add_argument("--no-tag-grammar", action="store_true", help="decode without the tag grammar: closing tags first and tags "
+                   "inside prompts are possible (the model's raw answers)")
     p.add_argument("--response", help="carry out this response (task tags) instead of asking the model for one")
     p.add_argument("--seed", type=int, default=0, help="seed of the first generator call")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -506,7 +511,7 @@ def _chat_parser() -> argparse.ArgumentParser:
 
 # %% ../nbs/13_agent.ipynb #4173a86b
 def _agent_from_args(a) -> LLMBindAgent:
-    kw = dict(out_dir=a.out, seed=a.seed, max_new_tokens=a.max_new_tokens)
+    kw = dict(out_dir=a.out, seed=a.seed, max_new_tokens=a.max_new_tokens, constrain_tags=not a.no_tag_grammar)
     if a.checkpoint:
         d = Path(a.checkpoint).expanduser()
         if not d.is_dir(): raise UserError(f"--checkpoint: run folder {d} does not exist")
