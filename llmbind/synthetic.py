@@ -1066,7 +1066,7 @@ def _small_talk(rng: random.Random) -> tuple[str, str]:
         if intent in ok: return t, CHAT_ANSWERS[intent]
 
 def small_talk_wordings() -> list[str]:
-    "Every user turn `_small_talk` can write (placeholders kept), sorted."
+    "Every small-talk user turn the training split can hold (placeholders kept), sorted."
     out, ok = set(), small_talk_intents()
     for intent, t in PHRASE_FRAMES["chat"]["train"]:
         if intent not in ok: continue
