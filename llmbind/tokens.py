@@ -367,9 +367,9 @@ class TagGrammar:
         if self.close is None:
             if token_id in self.pairs: self.close, self.prompt, self.filled = self.pairs[token_id], [], False
         elif token_id == self.close: self.close = None
-        else:
+        elif not self.filled:                            # the prompt so far, until it holds non-blank text
             self.prompt.append(token_id)
-            if not self.filled: self.filled = bool(self.tokenizer.decode(self.prompt).strip())
+            self.filled = bool(self.tokenizer.decode(self.prompt).strip())
 
     def constrain(self, logits: torch.Tensor) -> torch.Tensor:
         "A copy of next-token `logits` (..., V) with the banned ids at -inf."
