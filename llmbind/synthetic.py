@@ -23,17 +23,17 @@ __all__ = ['SHAPES', 'COLOURS', 'SIZES', 'HPOS', 'VPOS', 'CORNERS', 'SPLITS', 'P
            'KIND_CLUES', 'COLOUR_CLUES', 'EXTREME_CLUES', 'TONES', 'GEN_REQUESTS', 'NEW_GEN_FOLLOWUPS', 'EDIT_REQUESTS',
            'MOVES', 'SOUNDS', 'PLACES', 'AUDIO_REQUESTS', 'AUDIO_FOLLOWUPS', 'MOTIONS', 'VIDEO_REQUESTS',
            'VIDEO_FOLLOWUPS', 'CHAT_TURNS', 'GEN_ANSWERS', 'EDIT_ANSWERS', 'AUDIO_ANSWERS', 'VIDEO_ANSWERS',
-           'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'PHRASINGS', 'PHRASE_PARTS',
-           'PHRASE_FRAMES', 'CHAT_ANSWERS', 'SPACE_BANK_SIZE', 'CHAT_INTENTS', 'SMALL_TALK_SHARE', 'LEAVES',
-           'INDEX_VERSION', 'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split', 'colour_shape_split',
-           'template_split', 'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok', 'random_scene',
-           'position_phrase', 'plural', 'article', 'noun_phrase', 'describe_shape', 'describe_scene',
-           'referring_phrases', 'parse_description', 'render_description', 'seg_question_args', 'compose_request',
-           'phrasing_space_size', 'held_out_families', 'phrasing_leaks', 'phrasing_bank', 'make_vqa', 'make_semantic',
-           'make_referring', 'make_reasoning', 'make_det', 'make_cls', 'small_talk_intents', 'small_talk_wordings',
-           'make_image_gen', 'make_image_edit', 'make_audio', 'make_video', 'leaf_task', 'ShapesWorld', 'resolve_sizes',
-           'write_shapes_world', 'load_shapes_world', 'ensure_shapes_world', 'tree_digest', 'user_templates',
-           'template_splits_of']
+           'SEG_QUESTIONS', 'SEMANTIC_SEG_QUESTIONS', 'LONG_SEG_QUESTIONS', 'SEG_BANKS', 'CONTRAST_SWAPS', 'PHRASINGS',
+           'PHRASE_PARTS', 'PHRASE_FRAMES', 'CHAT_ANSWERS', 'SPACE_BANK_SIZE', 'CHAT_INTENTS', 'SMALL_TALK_SHARE',
+           'LEAVES', 'INDEX_VERSION', 'Shape', 'shape_polygon', 'fill_polygon', 'Scene', 'pair_split',
+           'colour_shape_split', 'template_split', 'split_templates', 'sample_rng', 'allowed_pairs', 'scene_ok',
+           'random_scene', 'position_phrase', 'plural', 'article', 'noun_phrase', 'describe_shape', 'describe_scene',
+           'referring_phrases', 'parse_description', 'render_description', 'seg_question_args', 'contrast_wordings',
+           'split_wordings', 'compose_request', 'phrasing_space_size', 'held_out_families', 'phrasing_leaks',
+           'phrasing_bank', 'make_vqa', 'make_semantic', 'make_referring', 'make_reasoning', 'make_det', 'make_cls',
+           'small_talk_intents', 'small_talk_wordings', 'make_image_gen', 'make_image_edit', 'make_audio', 'make_video',
+           'leaf_task', 'ShapesWorld', 'resolve_sizes', 'write_shapes_world', 'load_shapes_world',
+           'ensure_shapes_world', 'tree_digest', 'user_templates', 'template_splits_of']
 
 # %% ../nbs/09_synthetic.ipynb #cb46cf2d
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon")
@@ -498,7 +498,37 @@ def seg_question_args(leaf: str,                  # 'seg/semantic', 'seg/referri
     if leaf not in SEG_BANKS: raise KeyError(f"{leaf!r} is not a segmentation leaf (use one of {', '.join(SEG_BANKS)})")
     if phrasing == "space": return {k: phrasing_bank(task, split, seed=seed, variety=variety) for k, task in _SEG_SPACES[leaf].items()}
     if phrasing != "templates": raise ValueError(f"unknown phrasing {phrasing!r} (use 'templates' or 'space')")
-    return {k: split_templates(bank, split) for k, bank in SEG_BANKS[leaf].items()}
+    return {k: split_wordings(bank, split) for k, bank in SEG_BANKS[leaf].items()}
+
+# %% ../nbs/09_synthetic.ipynb #c64f67ab
+CONTRAST_SWAPS = {   # target task -> {the other task's word: this task's word}; longer words are swapped first
+    "seg": {"a bounding box": "a segmentation mask", "bounding box": "segmentation mask", "a rectangle": "a mask", "rectangle": "mask",
+            "box": "mask", "Detect": "Segment", "detect": "segment", "{np}": "{name}"},
+    "det": {"a segmentation mask": "a bounding box", "segmentation mask": "bounding box", "mask": "box", "Segment": "Detect",
+            "segment": "detect", "cut out": "box", "{name}": "{np}"}}
+_CONTRAST = {"det": (SEG_QUESTIONS, DET_QUESTIONS), "seg": (DET_QUESTIONS, SEG_QUESTIONS)}   # task -> (source bank, own bank)
+
+@functools.lru_cache(maxsize=None)
+def contrast_wordings(task: str) -> tuple:
+    "Training-only requests for `task` ('det' or 'seg'): the other task's training templates with its key words swapped."
+    if task not in CONTRAST_SWAPS: raise KeyError(f"no contrast wordings for {task!r} (use one of {', '.join(CONTRAST_SWAPS)})")
+    swaps = CONTRAST_SWAPS[task]
+    rx = re.compile("|".join(re.escape(k) for k in sorted(swaps, key=len, reverse=True)))
+    source, own = _CONTRAST[task]
+    out = []
+    for t in split_templates(source, "train"):
+        if not any(m.group(0)[0] != "{" for m in rx.finditer(t)): continue      # no key word to swap
+        new = rx.sub(lambda m: swaps[m.group(0)], t)
+        if new not in own and new not in out: out.append(new)
+    return tuple(out)
+
+_CONTRAST_OF = {DET_QUESTIONS: "det", SEG_QUESTIONS: "seg"}
+
+def split_wordings(bank: Sequence, split: str) -> list:
+    "The templates a split's records are asked in: `split_templates`, plus `contrast_wordings` in training for the det and seg banks."
+    out = split_templates(bank, split)
+    task = _CONTRAST_OF.get(tuple(bank))
+    return out + list(contrast_wordings(task)) if split == "train" and task else out
 
 # %% ../nbs/09_synthetic.ipynb #phb8c3bf
 PHRASINGS = ("templates", "space")     # where user requests come from: the template banks above, or the phrasing space below
@@ -892,7 +922,7 @@ _TEMPLATES = contextvars.ContextVar("llmbind_shapes_templates", default=None)   
 
 def _pick(rng: random.Random, bank: Sequence, split: str):
     if _PARTS_LOG.get() is not None: return _space_pick(rng, bank, _TEMPLATES.get() or split)   # phrasing 'space'
-    return rng.choice(split_templates(bank, _TEMPLATES.get() or split))
+    return rng.choice(split_wordings(bank, _TEMPLATES.get() or split))
 
 def _focus(rng: random.Random, scene: Scene, split: str, exclude=()) -> Optional[int]:
     "A shape to ask about: one with a pair of this split if the scene has one (val/test), else any."
@@ -1400,8 +1430,8 @@ def _write_refer(world, recs_by_split: dict, root: Path) -> dict:
 
 # %% ../nbs/09_synthetic.ipynb #d0f5de47
 _SUBDIRS = ("llava", "interactive", "ade_shapes", "refshapes", "reason_seg", "grounded")
-INDEX_VERSION = 4          # 2: the segmentation readers' question banks are reader arguments, per split; 3: larger det/cls banks;
-                           # 4: small talk in the template banks' training split
+INDEX_VERSION = 5          # 2: the segmentation readers' question banks are reader arguments, per split; 3: larger det/cls banks;
+                           # 4: small talk in the template banks' training split; 5: det/seg contrast wordings
 
 def resolve_sizes(sizes) -> dict[str, dict[str, int]]:
     "Normalise sizes to {split: {leaf: n}} from an int, {split: n | {leaf: n}}, {leaf: n} or a config."
@@ -1551,6 +1581,7 @@ def user_templates() -> dict:
     banks.update({f"edit/{k}": v for k, v in EDIT_REQUESTS.items()})
     out = {name: [(t, template_split(j)) for j, t in enumerate(bank)] for name, bank in banks.items()}
     out["chat/small_talk"] = [(t, "train") for t in small_talk_wordings()]     # composed, training split only
+    out.update({f"{t}/contrast": [(w, "train") for w in contrast_wordings(t)] for t in CONTRAST_SWAPS})   # training split only
     return out
 
 def _template_regex(t: str) -> re.Pattern:

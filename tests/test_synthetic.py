@@ -9,7 +9,7 @@ from itertools import combinations
 from llmbind.tokens import IMAGE_TOKEN
 from llmbind.synthetic import (COLOURS, INDEX_VERSION, LEAVES, PLACES, SEG_BANKS, SHAPES, SOUNDS, SPLITS, ShapesWorld,
                                colour_shape_split, ensure_shapes_world, leaf_task, load_shapes_world, pair_split,
-                               split_templates, template_splits_of, tree_digest, write_shapes_world)
+                               split_wordings, template_splits_of, tree_digest, write_shapes_world)
 
 SIZES = {"train": 30, "val": 10, "test": 10}
 
@@ -85,7 +85,7 @@ def test_seg_question_templates_disjoint_across_splits(world_dir):
     seen = {split: _seg_question_templates(world_dir, split) for split in SPLITS}
     for leaf in SEG_BANKS:
         for split in SPLITS:
-            bank = {t for b in SEG_BANKS[leaf].values() for t in split_templates(b, split)}
+            bank = {t for b in SEG_BANKS[leaf].values() for t in split_wordings(b, split)}
             assert seen[split][leaf], (leaf, split)
             assert all({t.replace("{}", "{name}"), t.replace("{}", "{sent}")} & bank for t in seen[split][leaf]), (leaf, split)
         for a, b in combinations(SPLITS, 2):
