@@ -522,7 +522,7 @@ def contrast_wordings(task: str) -> tuple:
         if new not in own and new not in out: out.append(new)
     return tuple(out)
 
-_CONTRAST_OF = {DET_QUESTIONS: "det", SEG_QUESTIONS: "seg"}
+_CONTRAST_OF = {own: task for task, (_, own) in _CONTRAST.items()}   # bank -> task
 
 def split_wordings(bank: Sequence, split: str) -> list:
     "The templates a split's records are asked in: `split_templates`, plus `contrast_wordings` in training for the det and seg banks."
