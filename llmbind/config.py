@@ -169,6 +169,7 @@ class LLMConfig(ConfigBase):
     model_max_length: int = 512            # training sequence length (LISA uses 512)
     rms_norm_eps: float = 1e-5
     train_embeddings: str = "full"         # "full" (LISA: all of embed_tokens and lm_head), "new_rows" or "none"
+    task_token_init: str = "mean"          # new task-token rows: "mean" of the old rows, or "words" (<seg>, <det>, <cls> from mask, box, class)
 
     def validate(self, path="llm"):
         super().validate(path)
@@ -179,6 +180,7 @@ class LLMConfig(ConfigBase):
         _need(self.num_heads % self.num_kv_heads == 0, f"{path}.num_kv_heads", "must divide num_heads")
         _need(self.train_embeddings in ("full", "new_rows", "none"), f"{path}.train_embeddings",
               "must be 'full', 'new_rows' or 'none'")
+        _need(self.task_token_init in ("mean", "words"), f"{path}.task_token_init", "must be 'mean' or 'words'")
         return self
 
 # %% ../nbs/00_config.ipynb #e7cacced

@@ -407,7 +407,7 @@ def from_config(cls: LLMBindForCausalLM,
         parts.pop("llm", None)                  # the LLM owns its tensors now; keep no second reference
         rows0 = llm.get_input_embeddings().weight.shape[0]
         n_new = len([t for t in task_token_strings() if t not in tok.get_vocab()])
-        add_task_tokens(tok, llm, init="mean")
+        add_task_tokens(tok, llm, init=cfg.llm.task_token_init)
         if rows0 > base_len and n_new:          # a stand-in tokenizer smaller than the LLM vocabulary
             llm.resize_token_embeddings(rows0 + n_new, mean_resizing=False)
         if cfg.moe.enabled: inject_lora_moe(llm, cfg.moe)

@@ -291,7 +291,7 @@ def build_model(cfg: LLMBindConfig,
                 base_dir=None,       # a stage-A folder with extra.safetensors (projector, CLIP tower, SAM); default: next to llm.pretrained_path
                 weights=None,        # trained weights (a run's model.safetensors), loaded strictly
                 ) -> LLMBindForCausalLM:
-    "LLMBind for `cfg` as the paper trains it: the base LLM + task tokens (mean init) + LoRA-MoE, any stage-A extras, frozen as in the paper."
+    "LLMBind for `cfg` as the paper trains it: the base LLM + task tokens (`llm.task_token_init`) + LoRA-MoE, any stage-A extras, frozen as in the paper."
     from safetensors.torch import load_file
     model = LLMBindForCausalLM.from_config(cfg, seed=cfg.train.seed)
     base = Path(base_dir) if base_dir else (Path(cfg.llm.pretrained_path).expanduser().parent if cfg.llm.pretrained_path else None)

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'ROLES', 'VICUNA_CHAT_TEMPLATE', 'TaskToken',
-           'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem', 'ParsedResponse', 'parse_response',
-           'render_chat', 'format_vicuna', 'chat_template', 'tiny_corpus', 'tiny_tokenizer', 'train_bpe_tokenizer',
-           'add_task_tokens', 'tiny_llama', 'train_only_rows', 'train_only_new_token_rows', 'TagGrammar']
+__all__ = ['TASK_TOKENS', 'TASKS', 'CALL_TASKS', 'IMAGE_TOKEN', 'MAX_PROBLEMS', 'ROLES', 'VICUNA_CHAT_TEMPLATE',
+           'TASK_TOKEN_WORDS', 'TaskToken', 'task_token_strings', 'format_call', 'TaskCall', 'ParseProblem',
+           'ParsedResponse', 'parse_response', 'render_chat', 'format_vicuna', 'chat_template', 'tiny_corpus',
+           'tiny_tokenizer', 'train_bpe_tokenizer', 'add_task_tokens', 'tiny_llama', 'train_only_rows',
+           'train_only_new_token_rows', 'TagGrammar']
 
 # %% ../nbs/01_tokens.ipynb #1fa54f39
 @dataclass(frozen=True)
@@ -276,9 +277,11 @@ def train_bpe_tokenizer(lines, vocab_size: int = 768, model_max_length: int = 51
 # %% ../nbs/01_tokens.ipynb #4f81a258
 from transformers import AddedToken
 
+TASK_TOKEN_WORDS = {"<seg>": "mask", "<det>": "box", "<cls>": "class"}   # init="words": the word each token's rows start from
+
 def add_task_tokens(tokenizer, model: Optional[nn.Module] = None, init: str = "mean") -> dict[str, int]:
-    "Add the task tokens as single ids, resize `model`'s embeddings and initialise new rows (`init`: mean, random or none)."
-    if init not in ("mean", "random", "none"): raise ValueError(f"init must be 'mean', 'random' or 'none', got {init!r}")
+    "Add the task tokens as single ids, resize `model`'s embeddings and initialise new rows (`init`: mean, words, random or none)."
+    if init not in ("mean", "words", "random", "none"): raise ValueError(f"init must be 'mean', 'words', 'random' or 'none', got {init!r}")
     new = [t for t in task_token_strings() if t not in tokenizer.get_vocab()]
     if new: tokenizer.add_tokens([AddedToken(t, special=False, normalized=False, single_word=False, lstrip=False, rstrip=False)
                                   for t in new])
@@ -291,7 +294,8 @@ def add_task_tokens(tokenizer, model: Optional[nn.Module] = None, init: str = "m
         old_n = emb.weight.shape[0]
         if len(tokenizer) > old_n:
             model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-            if init != "none": _init_new_rows(model, old_n, init)
+            if init != "none": _init_new_rows(model, old_n, "random" if init == "random" else "mean")
+            if init == "words": _init_word_rows(model, tokenizer, old_n)
     return ids
 
 @torch.no_grad()
@@ -303,6 +307,20 @@ def _init_new_rows(model, old_n: int, init: str):
         if w.is_meta: continue
         if init == "mean": w[old_n:] = w[:old_n].mean(0, keepdim=True)
         else: w[old_n:].normal_(0.0, 1.0)
+
+@torch.no_grad()
+def _init_word_rows(model, tokenizer, old_n: int):
+    "The new rows of the tokens in TASK_TOKEN_WORDS become the mean of their word's rows (its pieces, if it takes several)."
+    mats = [model.get_input_embeddings().weight]
+    out = model.get_output_embeddings()
+    if out is not None and out.weight is not mats[0]: mats.append(out.weight)
+    for t, word in TASK_TOKEN_WORDS.items():
+        i = tokenizer.convert_tokens_to_ids(t)
+        if i < old_n: continue                      # an old token keeps its trained rows
+        pieces = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if not pieces or max(pieces) >= old_n: raise ValueError(f"{word!r} ({t}) is not in the base vocabulary: {pieces}")
+        for w in mats:
+            if not w.is_meta: w[i] = w[pieces].mean(0)
 
 # %% ../nbs/01_tokens.ipynb #918776fb
 def tiny_llama(vocab_size: int, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
