@@ -298,12 +298,16 @@ def add_task_tokens(tokenizer, model: Optional[nn.Module] = None, init: str = "m
             if init == "words": _init_word_rows(model, tokenizer, old_n)
     return ids
 
-@torch.no_grad()
-def _init_new_rows(model, old_n: int, init: str):
+def _embedding_mats(model) -> list:
+    "The input embedding matrix and, when it is not tied to it, the output one."
     mats = [model.get_input_embeddings().weight]
     out = model.get_output_embeddings()
     if out is not None and out.weight is not mats[0]: mats.append(out.weight)
-    for w in mats:
+    return mats
+
+@torch.no_grad()
+def _init_new_rows(model, old_n: int, init: str):
+    for w in _embedding_mats(model):
         if w.is_meta: continue
         if init == "mean": w[old_n:] = w[:old_n].mean(0, keepdim=True)
         else: w[old_n:].normal_(0.0, 1.0)
@@ -311,9 +315,7 @@ def _init_new_rows(model, old_n: int, init: str):
 @torch.no_grad()
 def _init_word_rows(model, tokenizer, old_n: int):
     "The new rows of the tokens in TASK_TOKEN_WORDS become the mean of their word's rows (its pieces, if it takes several)."
-    mats = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight is not mats[0]: mats.append(out.weight)
+    mats = _embedding_mats(model)
     for t, word in TASK_TOKEN_WORDS.items():
         i = tokenizer.convert_tokens_to_ids(t)
         if i < old_n: continue                      # an old token keeps its trained rows
@@ -348,10 +350,7 @@ def train_only_rows(weight: nn.Parameter, rows: Sequence[int]):
 
 def train_only_new_token_rows(model: nn.Module, token_ids: Sequence[int]) -> list:
     "Make only `token_ids` rows of `embed_tokens` and `lm_head` trainable; returns the hook handles."
-    ws = [model.get_input_embeddings().weight]
-    out = model.get_output_embeddings()
-    if out is not None and out.weight is not ws[0]: ws.append(out.weight)
-    return [train_only_rows(w, token_ids) for w in ws]
+    return [train_only_rows(w, token_ids) for w in _embedding_mats(model)]
 
 # %% ../nbs/01_tokens.ipynb #213f5879
 class TagGrammar:
